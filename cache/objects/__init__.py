@@ -1,0 +1,84 @@
+"""Object storage: a small interface, one file per backend, chosen by configuration."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Protocol
+
+from cache.settings import Settings
+
+CHUNK = 256 * 1024
+
+
+class ObjectNotFound(KeyError):
+    """No object is stored under this key."""
+
+
+class StorageUnavailable(RuntimeError):
+    """The store cannot be reached or is misconfigured (missing bucket, ...)."""
+
+
+class InvalidObjectKey(ValueError):
+    """The key is empty, absolute, or would escape the store's root."""
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    key: str
+    size: int
+    content_type: str
+
+
+class ObjectStore(Protocol):
+    """Where image bytes and live manifests live."""
+
+    async def put(self, key: str, data: bytes, content_type: str) -> None: ...
+
+    def get(
+        self, key: str, start: int = 0, end: int | None = None
+    ) -> AsyncIterator[bytes]:
+        """Stream bytes [start, end] (inclusive end, None = to the end) in chunks."""
+        ...
+
+    async def read(self, key: str) -> bytes: ...
+
+    async def head(self, key: str) -> ObjectInfo: ...
+
+    async def exists(self, key: str) -> bool: ...
+
+    async def delete(self, key: str) -> None: ...
+
+    def keys(self, prefix: str = "") -> AsyncIterator[str]: ...
+
+    async def check(self) -> None:
+        """Raise StorageUnavailable when the store cannot be used."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+def validate_key(key: str) -> str:
+    """Reject keys that are empty, absolute, or contain '..' segments or NUL bytes."""
+    if not key or key.startswith("/") or "\x00" in key or "\\" in key:
+        raise InvalidObjectKey(f"invalid object key {key!r}")
+    if any(part in ("", ".", "..") for part in key.split("/")):
+        raise InvalidObjectKey(f"invalid object key {key!r}")
+    return key
+
+
+def open_store(settings: Settings) -> ObjectStore:
+    """The backend the settings name: S3 when a bucket is set, else the local directory."""
+    if settings.storage_backend == "s3":
+        from cache.objects.s3 import S3Store
+
+        return S3Store(
+            bucket=settings.s3_bucket,
+            endpoint=settings.s3_endpoint or None,
+            region=settings.s3_region,
+            access_key_id=settings.s3_access_key_id or None,
+            secret_access_key=settings.s3_secret_access_key or None,
+        )
+    from cache.objects.local import LocalStore
+
+    return LocalStore(settings.objects_dir)

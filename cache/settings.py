@@ -1,0 +1,161 @@
+"""One typed settings object, read from the environment once at start and passed down."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+
+class SettingsError(ValueError):
+    """An environment variable holds a value the service cannot use."""
+
+
+def _int(env: dict[str, str], name: str, default: int) -> int:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise SettingsError(f"{name} must be an integer, got {raw!r}") from None
+
+
+def _float(env: dict[str, str], name: str, default: float) -> float:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return float(raw)
+    except ValueError:
+        raise SettingsError(f"{name} must be a number, got {raw!r}") from None
+
+
+def _bool(env: dict[str, str], name: str, default: bool) -> bool:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    return raw.strip().lower() in {"1", "true", "yes", "on"}
+
+
+def _str(env: dict[str, str], name: str, default: str) -> str:
+    raw = env.get(name)
+    return default if raw is None or raw == "" else raw
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything configurable. Each field documents its environment variable in README.md."""
+
+    data_dir: Path = Path("./data")
+    database_url: str = ""
+    objects_dir: Path = Path("./data/objects")
+    s3_endpoint: str = ""
+    s3_bucket: str = ""
+    s3_region: str = "us-east-1"
+    s3_access_key_id: str = ""
+    s3_secret_access_key: str = ""
+    redis_url: str = ""
+    gemini_api_key: str = ""
+    gemini_base_url: str = ""
+    gemini_image_model: str = "gemini-2.5-flash-image"
+    gemini_text_model: str = "gemini-2.5-flash"
+    generator: str = ""  # "gemini" | "offline"; empty: gemini when a key is set
+    generation_timeout_s: float = 120.0
+    generation_retries: int = 2
+    public_url: str = "http://localhost:3000"
+    host: str = "127.0.0.1"
+    port: int = 3000
+    origin_url: str = "http://127.0.0.1:3001"
+    service_token: str = ""
+    bootstrap_default_project: bool = True
+    # Limits
+    max_upload_bytes: int = 5 * 1024 * 1024
+    max_image_pixels: int = 40_000_000
+    max_body_bytes: int = 1024 * 1024
+    max_meta_bytes: int = 16 * 1024
+    key_budget_per_hour: int = 100
+    ip_budget_per_hour: int = 10
+    default_scope_limit: int = 30
+    trusted_proxies: tuple[str, ...] = field(default_factory=tuple)
+    # Edge
+    l1_bytes: int = 256 * 1024 * 1024
+    l1_max_entry_bytes: int = 8 * 1024 * 1024
+    max_concurrent_generations: int = 16
+    lock_lease_ms: int = 10_000
+    key_cache_ttl_s: float = 30.0
+    failure_ttl_s: float = 5.0
+    log_level: str = "info"
+
+    @property
+    def generator_name(self) -> str:
+        if self.generator:
+            return self.generator
+        return "gemini" if self.gemini_api_key else "offline"
+
+    @property
+    def storage_backend(self) -> str:
+        return "s3" if self.s3_bucket else "local"
+
+    @property
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite+aiosqlite:///{(self.data_dir / 'banatie.db').resolve()}"
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None, **overrides: object) -> Settings:
+        """Read every setting from `env` (default: os.environ); `overrides` win."""
+        e = dict(os.environ if env is None else env)
+        data_dir = Path(_str(e, "DATA_DIR", "./data"))
+        values: dict[str, object] = dict(
+            data_dir=data_dir,
+            database_url=_str(e, "DATABASE_URL", ""),
+            objects_dir=Path(_str(e, "OBJECTS_DIR", str(data_dir / "objects"))),
+            s3_endpoint=_str(e, "S3_ENDPOINT", ""),
+            s3_bucket=_str(e, "S3_BUCKET", ""),
+            s3_region=_str(e, "S3_REGION", "us-east-1"),
+            s3_access_key_id=_str(e, "S3_ACCESS_KEY_ID", e.get("AWS_ACCESS_KEY_ID", "")),
+            s3_secret_access_key=_str(
+                e, "S3_SECRET_ACCESS_KEY", e.get("AWS_SECRET_ACCESS_KEY", "")
+            ),
+            redis_url=_str(e, "REDIS_URL", ""),
+            gemini_api_key=_str(e, "GEMINI_API_KEY", ""),
+            gemini_base_url=_str(e, "GEMINI_BASE_URL", ""),
+            gemini_image_model=_str(e, "GEMINI_IMAGE_MODEL", cls.gemini_image_model),
+            gemini_text_model=_str(e, "GEMINI_TEXT_MODEL", cls.gemini_text_model),
+            generator=_str(e, "GENERATOR", ""),
+            generation_timeout_s=_float(e, "GENERATION_TIMEOUT_S", cls.generation_timeout_s),
+            generation_retries=_int(e, "GENERATION_RETRIES", cls.generation_retries),
+            public_url=_str(e, "PUBLIC_URL", cls.public_url).rstrip("/"),
+            host=_str(e, "HOST", cls.host),
+            port=_int(e, "PORT", cls.port),
+            origin_url=_str(e, "ORIGIN_URL", cls.origin_url).rstrip("/"),
+            service_token=_str(e, "SERVICE_TOKEN", ""),
+            bootstrap_default_project=_bool(e, "BOOTSTRAP_DEFAULT_PROJECT", True),
+            max_upload_bytes=_int(e, "MAX_UPLOAD_BYTES", cls.max_upload_bytes),
+            max_image_pixels=_int(e, "MAX_IMAGE_PIXELS", cls.max_image_pixels),
+            max_body_bytes=_int(e, "MAX_BODY_BYTES", cls.max_body_bytes),
+            max_meta_bytes=_int(e, "MAX_META_BYTES", cls.max_meta_bytes),
+            key_budget_per_hour=_int(e, "KEY_BUDGET_PER_HOUR", cls.key_budget_per_hour),
+            ip_budget_per_hour=_int(e, "IP_BUDGET_PER_HOUR", cls.ip_budget_per_hour),
+            default_scope_limit=_int(e, "DEFAULT_SCOPE_LIMIT", cls.default_scope_limit),
+            trusted_proxies=tuple(
+                p.strip() for p in _str(e, "TRUSTED_PROXIES", "").split(",") if p.strip()
+            ),
+            l1_bytes=_int(e, "L1_BYTES", cls.l1_bytes),
+            l1_max_entry_bytes=_int(e, "L1_MAX_ENTRY_BYTES", cls.l1_max_entry_bytes),
+            max_concurrent_generations=_int(
+                e, "MAX_CONCURRENT_GENERATIONS", cls.max_concurrent_generations
+            ),
+            lock_lease_ms=_int(e, "LOCK_LEASE_MS", cls.lock_lease_ms),
+            key_cache_ttl_s=_float(e, "KEY_CACHE_TTL_S", cls.key_cache_ttl_s),
+            failure_ttl_s=_float(e, "FAILURE_TTL_S", cls.failure_ttl_s),
+            log_level=_str(e, "LOG_LEVEL", cls.log_level),
+        )
+        known = {f.name for f in fields(cls)}
+        for name, value in overrides.items():
+            if name not in known:
+                raise SettingsError(f"unknown setting {name}")
+            values[name] = value
+        return cls(**values)  # type: ignore[arg-type]

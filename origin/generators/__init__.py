@@ -1,0 +1,86 @@
+"""Image generators: the role's interface here, one file per backend, chosen by configuration."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from cache.settings import Settings
+
+ASPECT_RATIOS: dict[str, tuple[int, int]] = {
+    "1:1": (1024, 1024),
+    "16:9": (1344, 768),
+    "9:16": (768, 1344),
+    "4:3": (1184, 864),
+    "3:4": (864, 1184),
+    "3:2": (1248, 832),
+    "2:3": (832, 1248),
+    "4:5": (896, 1152),
+    "5:4": (1152, 896),
+    "21:9": (1536, 672),
+}
+
+TEMPLATES = (
+    "general",
+    "photorealistic",
+    "illustration",
+    "minimalist",
+    "sticker",
+    "product",
+    "comic",
+)
+
+
+@dataclass(frozen=True)
+class ReferenceImage:
+    data: bytes
+    mime_type: str
+
+
+@dataclass(frozen=True)
+class GeneratedImage:
+    data: bytes
+    mime_type: str
+    model: str
+
+
+@dataclass(frozen=True)
+class ImageRequest:
+    prompt: str
+    aspect_ratio: str = "1:1"
+    references: tuple[ReferenceImage, ...] = field(default_factory=tuple)
+
+
+class GeneratorError(Exception):
+    """The model refused or failed for this request (→ GENERATION_FAILED, 502)."""
+
+
+class GeneratorUnavailable(Exception):
+    """The model could not be reached, timed out or kept rate-limiting (→ 503)."""
+
+
+class Generator(Protocol):
+    """Turns a prompt into image bytes, and rewrites prompts for autoEnhance."""
+
+    name: str
+    model: str  # model identity, part of every live cache key
+
+    async def generate(self, request: ImageRequest) -> GeneratedImage: ...
+
+    async def enhance(self, prompt: str, template: str) -> str: ...
+
+    async def close(self) -> None: ...
+
+
+def open_generator(settings: Settings) -> Generator:
+    """The generator the settings name (`GENERATOR`, else gemini when a key is set)."""
+    name = settings.generator_name
+    if name == "gemini":
+        from origin.generators.gemini import GeminiGenerator
+
+        return GeminiGenerator(settings)
+    if name == "offline":
+        from origin.generators.offline import OfflineGenerator
+
+        return OfflineGenerator()
+    raise ValueError(f"unknown generator {name!r} (GENERATOR must be gemini or offline)")
