@@ -1,0 +1,181 @@
+"""API keys: minted once, stored as SHA-256, compared in constant time."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+import secrets
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from cache.errors import Forbidden, ProjectNotFound, Unauthorized, ValidationError
+from origin.models import ApiKey, Organization, Project, utcnow
+
+KEY_PATTERN = re.compile(r"^bnt_[0-9a-f]{64}$")
+SLUG_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+
+
+def mint_key() -> str:
+    return "bnt_" + secrets.token_bytes(32).hex()
+
+
+def hash_key(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """Who a request acts as."""
+
+    key_id: str
+    type: str  # master | project
+    organization_id: str | None
+    project_id: str | None
+    organization_slug: str | None
+    project_slug: str | None
+    expires_at: datetime | None
+
+
+async def authenticate(session: AsyncSession, key: str | None) -> Principal:
+    """The principal behind `key`; 401 when missing, malformed, unknown, revoked or expired."""
+    if not key:
+        raise Unauthorized("An X-API-Key header is required.")
+    if not KEY_PATTERN.match(key):
+        raise Unauthorized("The API key is not valid.")
+    digest = hash_key(key)
+    row = (
+        await session.execute(
+            select(ApiKey, Organization.slug, Project.slug)
+            .outerjoin(Organization, Organization.id == ApiKey.organization_id)
+            .outerjoin(Project, Project.id == ApiKey.project_id)
+            .where(ApiKey.key_hash == digest)
+        )
+    ).first()
+    # The lookup is by hash; compare again in constant time so timing says nothing.
+    if row is None or not hmac.compare_digest(row[0].key_hash, digest):
+        raise Unauthorized("The API key is not valid.")
+    api_key, org_slug, project_slug = row
+    if api_key.revoked_at is not None:
+        raise Unauthorized("The API key has been revoked.")
+    if api_key.expires_at is not None and api_key.expires_at <= utcnow():
+        raise Unauthorized("The API key has expired.")
+    return Principal(
+        api_key.id,
+        api_key.type,
+        api_key.organization_id,
+        api_key.project_id,
+        org_slug,
+        project_slug,
+        api_key.expires_at,
+    )
+
+
+def require_project(principal: Principal) -> Principal:
+    if principal.type != "project" or principal.project_id is None:
+        raise Forbidden("This route needs a project key; a master key only manages keys.")
+    return principal
+
+
+def require_master(principal: Principal) -> Principal:
+    if principal.type != "master":
+        raise Forbidden("This route needs a master key.")
+    return principal
+
+
+def check_slug(value: object, field: str) -> str:
+    if not isinstance(value, str) or not SLUG_PATTERN.match(value):
+        raise ValidationError(
+            f"{field} must be 1-64 lowercase letters, digits, '-' or '_'.", field=field
+        )
+    return value
+
+
+async def ensure_project(session: AsyncSession, org_slug: str, project_slug: str) -> Project:
+    """The project `org_slug/project_slug`, created with its organization when missing."""
+    org = (
+        await session.execute(select(Organization).where(Organization.slug == org_slug))
+    ).scalar_one_or_none()
+    if org is None:
+        org = Organization(slug=org_slug)
+        session.add(org)
+        await session.flush()
+    project = (
+        await session.execute(
+            select(Project).where(Project.organization_id == org.id, Project.slug == project_slug)
+        )
+    ).scalar_one_or_none()
+    if project is None:
+        project = Project(organization_id=org.id, slug=project_slug)
+        session.add(project)
+        await session.flush()
+    return project
+
+
+async def find_project(session: AsyncSession, org_slug: str, project_slug: str) -> Project:
+    project = (
+        await session.execute(
+            select(Project)
+            .join(Organization, Organization.id == Project.organization_id)
+            .where(Organization.slug == org_slug, Project.slug == project_slug)
+        )
+    ).scalar_one_or_none()
+    if project is None:
+        raise ProjectNotFound("No such project.")
+    return project
+
+
+@dataclass(frozen=True)
+class CreatedKey:
+    row: ApiKey
+    secret: str
+    organization_slug: str | None
+    project_slug: str | None
+
+
+async def create_key(
+    session: AsyncSession,
+    type: str,
+    organization_slug: str | None = None,
+    project_slug: str | None = None,
+    name: str | None = None,
+    expires_in_days: int | None = None,
+) -> CreatedKey:
+    """Mint and store a key; a project key creates its organization and project if missing."""
+    secret = mint_key()
+    row = ApiKey(key_hash=hash_key(secret), type=type, name=name)
+    if expires_in_days is not None:
+        row.expires_at = utcnow() + timedelta(days=expires_in_days)
+    if type == "project":
+        assert organization_slug and project_slug
+        project = await ensure_project(session, organization_slug, project_slug)
+        row.organization_id = project.organization_id
+        row.project_id = project.id
+    elif organization_slug:
+        org = (
+            await session.execute(
+                select(Organization).where(Organization.slug == organization_slug)
+            )
+        ).scalar_one_or_none()
+        if org is None:
+            org = Organization(slug=organization_slug)
+            session.add(org)
+            await session.flush()
+        row.organization_id = org.id
+    session.add(row)
+    await session.flush()
+    return CreatedKey(row, secret, organization_slug, project_slug if type == "project" else None)
+
+
+async def master_key_exists(session: AsyncSession) -> bool:
+    count = await session.scalar(
+        select(func.count()).select_from(ApiKey).where(ApiKey.type == "master")
+    )
+    return bool(count)
+
+
+async def any_project_exists(session: AsyncSession) -> bool:
+    return bool(await session.scalar(select(func.count()).select_from(Project)))
