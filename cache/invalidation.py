@@ -2,9 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import json
+import logging
+import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
+
+from redis.exceptions import RedisError
+
+log = logging.getLogger("banatie.invalidation")
 
 CHANNEL = "banatie:invalidate"
 
@@ -48,3 +57,97 @@ class LocalBus:
 
     async def close(self) -> None:
         return None
+
+
+class RedisBus:
+    """Across processes: Invalidation as JSON on CHANNEL; one listener task per process.
+
+    `publish` also calls this process's listeners directly (and the listener skips its own
+    messages), so the local edge drops its entries even while Redis is down. A publish that
+    cannot reach Redis is logged, not raised: the delete it reports has already happened.
+    """
+
+    def __init__(self, client: Any, retry_s: float = 1.0) -> None:
+        self._redis = client
+        self._retry_s = retry_s
+        self._listeners: list[Listener] = []
+        self._task: asyncio.Task[None] | None = None
+        self._origin = uuid.uuid4().hex  # tags our own messages
+        self.subscribed = asyncio.Event()  # set while the listener holds its subscription
+
+    @classmethod
+    def from_url(cls, url: str) -> RedisBus:
+        from cache.index.redis import connect
+
+        return cls(connect(url))
+
+    def subscribe(self, listener: Listener) -> None:
+        self._listeners.append(listener)
+
+    async def publish(self, event: Invalidation) -> None:
+        await self._dispatch(event)
+        message = json.dumps(
+            {"imageId": event.image_id, "digests": list(event.digests), "from": self._origin}
+        )
+        try:
+            await self._redis.publish(CHANNEL, message)
+        except (RedisError, OSError) as e:
+            log.warning(
+                "invalidation of image %s not published (Redis down: %s)", event.image_id, e
+            )
+
+    async def start(self) -> None:
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(
+                self._listen(), name="banatie-invalidation-listener"
+            )
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
+            self._task = None
+        self.subscribed.clear()
+
+    async def _listen(self) -> None:
+        """Subscribe, deliver, and on any Redis error wait a moment and subscribe again."""
+        while True:
+            pubsub = self._redis.pubsub()
+            try:
+                await pubsub.subscribe(CHANNEL)
+                self.subscribed.set()
+                while True:
+                    message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+                    if message is not None and message.get("type") == "message":
+                        await self._receive(message["data"])
+            except asyncio.CancelledError:
+                raise
+            except (RedisError, OSError) as e:
+                if self.subscribed.is_set():
+                    log.warning("invalidation listener lost Redis (%s); reconnecting", e)
+                self.subscribed.clear()
+            finally:
+                with contextlib.suppress(Exception):
+                    await pubsub.aclose()
+            await asyncio.sleep(self._retry_s)
+
+    async def _receive(self, raw: bytes | str) -> None:
+        try:
+            payload = json.loads(raw)
+            if payload.get("from") == self._origin:
+                return
+            event = Invalidation(str(payload["imageId"]), tuple(map(str, payload["digests"])))
+        except (ValueError, KeyError, TypeError):
+            log.warning("ignoring malformed invalidation message %r", raw[:200])
+            return
+        await self._dispatch(event)
+
+    async def _dispatch(self, event: Invalidation) -> None:
+        for listener in self._listeners:
+            try:
+                result = listener(event)
+                if result is not None:
+                    await result
+            except Exception:
+                log.exception("invalidation listener failed for image %s", event.image_id)

@@ -20,9 +20,7 @@ PROMPT_ALIAS = re.compile(r"(?:^|(?<=\s))(@[A-Za-z0-9_-]{1,49})(?![A-Za-z0-9_-])
 def check_alias(value: object, field: str = "alias") -> str:
     """A valid, assignable alias; bad format or a reserved name → 400."""
     if not isinstance(value, str) or not ALIAS_PATTERN.match(value):
-        raise ValidationError(
-            f"{field} must match @[A-Za-z0-9_-]{{1,49}}.", field=field
-        )
+        raise ValidationError(f"{field} must match @[A-Za-z0-9_-]{{1,49}}.", field=field)
     if value in TECHNICAL:
         raise ValidationError(f"{value} is a reserved alias and cannot be assigned.", field=field)
     return value
@@ -67,9 +65,7 @@ async def resolve_alias(
         flow = await session.get(Flow, flow_id)
         if flow is not None and flow.project_id == project_id and alias in (flow.aliases or {}):
             image = (
-                await session.execute(
-                    live_image(project_id).where(Image.id == flow.aliases[alias])
-                )
+                await session.execute(live_image(project_id).where(Image.id == flow.aliases[alias]))
             ).scalar_one_or_none()
             if image is not None:
                 return Resolved(alias, image, "flow", flow_id)
@@ -144,9 +140,7 @@ async def move_image_aliases(session: AsyncSession, old: Image, new: Image) -> N
         old.alias = None
         await session.flush()
         new.alias = alias
-    flows = (
-        await session.execute(select(Flow).where(Flow.project_id == old.project_id))
-    ).scalars()
+    flows = (await session.execute(select(Flow).where(Flow.project_id == old.project_id))).scalars()
     for flow in flows:
         if flow.aliases and old.id in flow.aliases.values():
             flow.aliases = {k: (new.id if v == old.id else v) for k, v in flow.aliases.items()}

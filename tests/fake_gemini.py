@@ -84,9 +84,7 @@ class FakeGemini:
         self._failures: list[_Failure] = []
         self._malformed: list[str] = []
         self.app = Starlette(
-            routes=[
-                Route("/{version}/models/{model_action:path}", self._handle, methods=["POST"])
-            ]
+            routes=[Route("/{version}/models/{model_action:path}", self._handle, methods=["POST"])]
         )
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
@@ -232,7 +230,7 @@ def _record(version: str, model: str, body: dict[str, Any]) -> RecordedRequest:
             inline = part.get("inlineData") or part.get("inline_data")
             if inline:
                 mime = inline.get("mimeType") or inline.get("mime_type") or ""
-                images.append(InlineImage(mime, base64.b64decode(inline.get("data", ""))))
+                images.append(InlineImage(mime, _b64decode(inline.get("data", ""))))
     config = body.get("generationConfig") or body.get("generation_config") or {}
     image_config = config.get("imageConfig") or config.get("image_config") or {}
     aspect = image_config.get("aspectRatio") or image_config.get("aspect_ratio")
@@ -241,6 +239,12 @@ def _record(version: str, model: str, body: dict[str, Any]) -> RecordedRequest:
     if system:
         system_text = "\n".join(p.get("text", "") for p in system.get("parts") or [])
     return RecordedRequest(version, model, texts, images, config, aspect, system_text, body)
+
+
+def _b64decode(data: str) -> bytes:
+    """Standard or URL-safe base64, padded or not (the SDK sends URL-safe)."""
+    data = data.replace("-", "+").replace("_", "/")
+    return base64.b64decode(data + "=" * (-len(data) % 4))
 
 
 def _png_for(prompt: str, aspect_ratio: str | None) -> bytes:

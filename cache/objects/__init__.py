@@ -35,9 +35,7 @@ class ObjectStore(Protocol):
 
     async def put(self, key: str, data: bytes, content_type: str) -> None: ...
 
-    def get(
-        self, key: str, start: int = 0, end: int | None = None
-    ) -> AsyncIterator[bytes]:
+    def get(self, key: str, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
         """Stream bytes [start, end] (inclusive end, None = to the end) in chunks."""
         ...
 

@@ -91,7 +91,9 @@ class GeminiGenerator:
 
     name = "gemini"
 
-    def __init__(self, settings: Settings, *, backoff_s: float = 0.5) -> None:
+    def __init__(
+        self, settings: Settings, *, backoff_s: float = 0.5, api_version: str | None = None
+    ) -> None:
         if not settings.gemini_api_key:
             raise ValueError("GEMINI_API_KEY is required for the gemini generator")
         self.model = settings.gemini_image_model
@@ -105,6 +107,7 @@ class GeminiGenerator:
             api_key=settings.gemini_api_key,
             http_options=types.HttpOptions(
                 base_url=settings.gemini_base_url or None,
+                api_version=api_version,
                 timeout=max(1, int(settings.generation_timeout_s * 1000)),
                 # One attempt per SDK call: retries are ours, counted and bounded below.
                 retry_options=types.HttpRetryOptions(attempts=1),

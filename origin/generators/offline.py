@@ -53,9 +53,7 @@ class OfflineGenerator:
         return None
 
 
-def draw_png(
-    prompt: str, aspect_ratio: str, references: tuple[ReferenceImage, ...] = ()
-) -> bytes:
+def draw_png(prompt: str, aspect_ratio: str, references: tuple[ReferenceImage, ...] = ()) -> bytes:
     """PNG bytes of a gradient, a few shapes and the prompt's text, all derived from the prompt."""
     width, height = ASPECT_RATIOS[aspect_ratio]
     seed = hashlib.sha256(f"{aspect_ratio}\n{prompt}".encode()).digest()

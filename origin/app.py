@@ -1,0 +1,173 @@
+"""The origin: the management REST API as a Starlette app."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import uuid
+from collections.abc import AsyncIterator
+
+from sqlalchemy import text
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, Response
+from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from cache.errors import ApiError, InternalError, NotFound, ValidationError
+from cache.settings import Settings
+from origin import edge_api
+from origin.envelope import JSONResponse, ok
+from origin.openapi import DOCS_HTML, openapi_document
+from origin.routes import flows, generations, images, keys, live_scopes
+from origin.services import Services, open_services
+
+log = logging.getLogger("banatie.origin")
+
+
+def error_response(exc: ApiError) -> Response:
+    return Response(
+        exc.body(),
+        status_code=exc.status,
+        media_type="application/json",
+        headers={"Cache-Control": "no-store", **exc.headers},
+    )
+
+
+async def on_api_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ApiError)
+    return error_response(exc)
+
+
+async def on_http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    if exc.status_code == 404:
+        return error_response(NotFound("No such route."))
+    if exc.status_code == 405:
+        err = ValidationError("Method not allowed on this route.")
+        err.status = 405  # type: ignore[misc]
+        err.code = "METHOD_NOT_ALLOWED"  # type: ignore[misc]
+        return error_response(err)
+    err = ApiError(str(exc.detail), code="HTTP_ERROR")
+    err.status = exc.status_code  # type: ignore[misc]
+    return error_response(err)
+
+
+async def on_unexpected(request: Request, exc: Exception) -> Response:
+    log.exception("unhandled error on %s %s", request.method, request.url.path)
+    return error_response(InternalError("Something went wrong on our side."))
+
+
+class RequestId:
+    """Echo the client's X-Request-Id or mint one; every response carries it."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request_id = b""
+        for name, value in scope["headers"]:
+            if name == b"x-request-id" and 0 < len(value) <= 128 and value.isascii():
+                request_id = value
+        if not request_id:
+            request_id = uuid.uuid4().hex.encode()
+        scope.setdefault("state", {})["request_id"] = request_id.decode()
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [
+                    *message.get("headers", []),
+                    (b"x-request-id", request_id),
+                    (b"x-content-type-options", b"nosniff"),
+                ]
+            await send(message)
+
+        await self.app(scope, receive, send_with_id)
+
+
+async def health(request: Request) -> Response:
+    return ok({"status": "ok"})
+
+
+async def ready(request: Request) -> Response:
+    services: Services = request.app.state.services
+    failing: dict[str, str] = {}
+    try:
+        async with services.engine.connect() as conn:
+            await conn.execute(text("SELECT 1"))
+    except Exception as exc:
+        failing["database"] = type(exc).__name__
+    try:
+        await services.store.check()
+    except Exception as exc:
+        failing["storage"] = str(exc)[:200]
+    if services.settings.redis_url:
+        try:
+            await services.index.get("0" * 32)
+        except Exception as exc:
+            failing["cache"] = type(exc).__name__
+    if failing:
+        return Response(
+            ApiError(
+                f"Not ready: {', '.join(failing)} failing.",
+                details=failing,
+                code="NOT_READY",
+            ).body(),
+            status_code=503,
+            media_type="application/json",
+            headers={"Retry-After": "5", "Cache-Control": "no-store"},
+        )
+    return ok({"status": "ready", "generator": services.generator.name})
+
+
+async def openapi(request: Request) -> Response:
+    return JSONResponse(openapi_document(request.app.state.services.settings.public_url))
+
+
+async def docs(request: Request) -> Response:
+    return HTMLResponse(DOCS_HTML)
+
+
+def create_origin(settings: Settings, services: Services | None = None) -> Starlette:
+    """The origin app. Without `services` it opens them from settings at startup."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        own = services is None
+        app.state.services = services if services is not None else await open_services(settings)
+        app.state.edge_origin = edge_api.InProcessOrigin(app.state.services)
+        try:
+            yield
+        finally:
+            if own:
+                await app.state.services.close()
+
+    app = Starlette(
+        routes=[
+            Route("/health", health),
+            Route("/ready", ready),
+            Route("/openapi.json", openapi),
+            Route("/docs", docs),
+            *keys.routes,
+            *generations.routes,
+            *flows.routes,
+            *live_scopes.routes,
+            *images.routes,
+            *edge_api.routes,
+        ],
+        exception_handlers={
+            ApiError: on_api_error,
+            HTTPException: on_http_error,
+            Exception: on_unexpected,
+        },
+        lifespan=lifespan,
+    )
+    if services is not None:
+        app.state.services = services
+        app.state.edge_origin = edge_api.InProcessOrigin(services)
+    app.add_middleware(RequestId)
+    return app

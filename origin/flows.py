@@ -1,0 +1,76 @@
+"""Flows: rows created lazily, counts computed, never stored."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import func, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from cache.errors import FlowNotFound
+from origin.envelope import is_uuid, iso
+from origin.models import Flow, Generation, Image, utcnow
+
+
+async def ensure_flow(session: AsyncSession, project_id: str, flow_id: str) -> Flow:
+    """The flow row, created when a flow id is used again (lazy flows materialise here)."""
+    flow = await session.get(Flow, flow_id)
+    if flow is not None:
+        if flow.project_id != project_id:
+            raise FlowNotFound("Flow not found.")
+        return flow
+    flow = Flow(id=flow_id, project_id=project_id, aliases={}, meta={})
+    try:
+        async with session.begin_nested():
+            session.add(flow)
+    except IntegrityError:  # created concurrently
+        flow = await session.get(Flow, flow_id)
+        if flow is None or flow.project_id != project_id:
+            raise FlowNotFound("Flow not found.") from None
+    return flow
+
+
+async def find_flow(session: AsyncSession, project_id: str, flow_id: str) -> Flow:
+    if not is_uuid(flow_id):
+        raise FlowNotFound("Flow not found.")
+    flow = await session.get(Flow, flow_id.lower())
+    if flow is None or flow.project_id != project_id:
+        raise FlowNotFound("Flow not found.")
+    return flow
+
+
+async def flow_json(session: AsyncSession, flow: Flow) -> dict[str, Any]:
+    generations = await session.scalar(
+        select(func.count())
+        .select_from(Generation)
+        .where(Generation.flow_id == flow.id, Generation.deleted_at.is_(None))
+    )
+    images = await session.scalar(
+        select(func.count())
+        .select_from(Image)
+        .where(Image.flow_id == flow.id, Image.deleted_at.is_(None))
+    )
+    return {
+        "id": flow.id,
+        "projectId": flow.project_id,
+        "aliases": flow.aliases or {},
+        "generationCount": generations or 0,
+        "imageCount": images or 0,
+        "meta": flow.meta or {},
+        "createdAt": iso(flow.created_at),
+        "updatedAt": iso(flow.updated_at),
+    }
+
+
+async def delete_flow(session: AsyncSession, flow: Flow) -> None:
+    """Hard delete of the row only; its generations and images stay, detached."""
+    now = utcnow()
+    await session.execute(
+        update(Generation).where(Generation.flow_id == flow.id).values(flow_id=None, updated_at=now)
+    )
+    await session.execute(
+        update(Image).where(Image.flow_id == flow.id).values(flow_id=None, updated_at=now)
+    )
+    await session.delete(flow)
+    await session.flush()

@@ -1,0 +1,352 @@
+"""Generations: validate, resolve references, run the generator, store the output."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from cache.errors import (
+    ApiError,
+    GenerationFailed,
+    GenerationNotFound,
+    UpstreamUnavailable,
+    ValidationError,
+)
+from origin.aliases import (
+    ALIAS_PATTERN,
+    aliases_in_prompt,
+    assign_project_alias,
+    check_alias,
+    find_image,
+    move_image_aliases,
+    resolve_alias,
+    set_flow_alias,
+)
+from origin.envelope import is_uuid, iso, meta_field, optional_bool, optional_str
+from origin.flows import ensure_flow
+from origin.generators import (
+    ASPECT_RATIOS,
+    TEMPLATES,
+    GeneratorError,
+    GeneratorUnavailable,
+    ImageRequest,
+    ReferenceImage,
+)
+from origin.images import ProjectCtx, image_json, store_image
+from origin.imaging import inspect_image_async
+from origin.models import Generation, Image, new_id, utcnow
+from origin.services import Services
+
+log = logging.getLogger("banatie.origin")
+
+MAX_PROMPT = 5000
+MAX_REFERENCES = 3
+GENERATED_MAX_BYTES = 64 * 1024 * 1024
+
+
+@dataclass
+class GenerationInput:
+    prompt: str
+    aspect_ratio: str
+    auto_enhance: bool
+    template: str
+    reference_inputs: list[str]
+    flow: str | None  # "absent" | None | uuid, see flow_choice
+    flow_given: bool
+    alias: str | None
+    flow_alias: str | None
+    meta: dict[str, Any]
+
+
+def check_prompt(value: object, field: str = "prompt") -> str:
+    if not isinstance(value, str):
+        raise ValidationError(f"{field} is required and must be a string.", field=field)
+    text = value.strip()
+    if not 1 <= len(text) <= MAX_PROMPT:
+        raise ValidationError(f"{field} must be 1 to {MAX_PROMPT} characters.", field=field)
+    if "\x00" in text:
+        raise ValidationError(f"{field} must not contain NUL characters.", field=field)
+    return text
+
+
+def check_ratio(value: object, field: str = "aspectRatio") -> str:
+    if value is None:
+        return "1:1"
+    if not isinstance(value, str) or value not in ASPECT_RATIOS:
+        raise ValidationError(f"{field} must be one of {', '.join(ASPECT_RATIOS)}.", field=field)
+    return value
+
+
+def check_template(value: object, field: str = "enhancementOptions.template") -> str:
+    if value is None:
+        return "general"
+    if not isinstance(value, str) or value not in TEMPLATES:
+        raise ValidationError(f"template must be one of {', '.join(TEMPLATES)}.", field=field)
+    return value
+
+
+def check_references(value: object) -> list[str]:
+    if value is None:
+        return []
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ValidationError("referenceImages must be a list of strings.", field="referenceImages")
+    if len(value) > MAX_REFERENCES:
+        raise ValidationError(
+            f"At most {MAX_REFERENCES} reference images are accepted.", field="referenceImages"
+        )
+    return list(value)
+
+
+def check_flow_id(body: dict[str, Any], field: str = "flowId") -> tuple[bool, str | None]:
+    """(given, value): absent → (False, None); null → (True, None); uuid → (True, uuid)."""
+    if field not in body:
+        return False, None
+    value = body[field]
+    if value is None:
+        return True, None
+    if not is_uuid(value):
+        raise ValidationError(f"{field} must be a UUID or null.", field=field)
+    return True, value.lower()
+
+
+def parse_generation(body: dict[str, Any], max_meta_bytes: int) -> GenerationInput:
+    options = body.get("enhancementOptions")
+    if options is not None and not isinstance(options, dict):
+        raise ValidationError("enhancementOptions must be an object.", field="enhancementOptions")
+    flow_given, flow = check_flow_id(body)
+    alias = optional_str(body, "alias")
+    flow_alias = optional_str(body, "flowAlias")
+    return GenerationInput(
+        prompt=check_prompt(body.get("prompt")),
+        aspect_ratio=check_ratio(body.get("aspectRatio")),
+        auto_enhance=optional_bool(body, "autoEnhance", True),
+        template=check_template((options or {}).get("template")),
+        reference_inputs=check_references(body.get("referenceImages")),
+        flow=flow,
+        flow_given=flow_given,
+        alias=check_alias(alias) if alias is not None else None,
+        flow_alias=check_alias(flow_alias, "flowAlias") if flow_alias is not None else None,
+        meta=meta_field(body, max_meta_bytes) or {},
+    )
+
+
+async def resolve_references(
+    session: AsyncSession, project_id: str, explicit: list[str], prompt: str, flow_id: str | None
+) -> list[dict[str, Any]]:
+    """Explicit references (each must resolve, else 400), then aliases named in the prompt."""
+    refs: list[dict[str, Any]] = []
+    for ref in explicit:
+        try:
+            image = await find_image(session, project_id, ref, flow_id)
+        except ApiError:
+            raise ValidationError(
+                f"Reference image {ref} does not exist.",
+                details={"field": "referenceImages", "value": ref},
+            ) from None
+        if all(r["imageId"] != image.id for r in refs):
+            refs.append({"imageId": image.id, "alias": ref if ALIAS_PATTERN.match(ref) else None})
+    for alias in aliases_in_prompt(prompt):
+        resolved = await resolve_alias(session, project_id, alias, flow_id)
+        if resolved is None or any(r["imageId"] == resolved.image.id for r in refs):
+            continue
+        refs.append({"imageId": resolved.image.id, "alias": alias})
+    if len(refs) > MAX_REFERENCES:
+        raise ValidationError(
+            f"{len(refs)} reference images after adding aliases from the prompt; "
+            f"at most {MAX_REFERENCES} are accepted.",
+            field="referenceImages",
+        )
+    return refs
+
+
+async def create_generation(
+    services: Services, project: ProjectCtx, data: GenerationInput, meta_extra: dict | None = None
+) -> Generation:
+    """Validate references, settle the flow, and store a pending generation row."""
+    async with services.sessions() as session:
+        flow_id: str | None
+        if not data.flow_given:
+            flow_id = new_id()  # lazy: no row until the flow is used again
+        else:
+            flow_id = data.flow
+        if flow_id is not None and (data.flow_given or data.flow_alias):
+            await ensure_flow(session, project.project_id, flow_id)
+        refs = await resolve_references(
+            session, project.project_id, data.reference_inputs, data.prompt, flow_id
+        )
+        generation = Generation(
+            project_id=project.project_id,
+            flow_id=flow_id,
+            status="pending",
+            prompt=data.prompt,
+            original_prompt=data.prompt,
+            auto_enhance=data.auto_enhance,
+            aspect_ratio=data.aspect_ratio,
+            template=data.template,
+            alias=data.alias,
+            flow_alias=data.flow_alias,
+            reference_inputs=data.reference_inputs,
+            referenced_images=refs,
+            meta={**data.meta, **(meta_extra or {})},
+        )
+        session.add(generation)
+        await session.commit()
+        return generation
+
+
+async def run_generation(
+    services: Services, project: ProjectCtx, generation_id: str, *, regenerate: bool = False
+) -> Generation:
+    """Enhance, generate and store; the row ends `success` or `failed` whatever happens."""
+    async with services.generation_slot():
+        async with services.sessions() as session:
+            generation = await session.get(Generation, generation_id)
+            assert generation is not None
+            generation.status = "processing"
+            generation.error_message = None
+            generation.updated_at = utcnow()
+            references = await _load_references(services, session, generation)
+            await session.commit()
+        started = time.monotonic()
+        try:
+            prompt = generation.original_prompt
+            if generation.auto_enhance:
+                prompt = await services.generator.enhance(prompt, generation.template)
+            result = await services.generator.generate(
+                ImageRequest(prompt, generation.aspect_ratio, tuple(references))
+            )
+            facts = await inspect_image_async(
+                result.data, GENERATED_MAX_BYTES, services.settings.max_image_pixels
+            )
+        except (GeneratorError, GeneratorUnavailable, ApiError) as exc:
+            await _mark_failed(services, generation_id, str(exc), started)
+            details = {"generationId": generation_id}
+            if isinstance(exc, GeneratorUnavailable):
+                raise UpstreamUnavailable(
+                    f"The image model is unavailable: {exc}", details=details
+                ) from None
+            raise GenerationFailed(f"The image model failed: {exc}", details=details) from None
+        except Exception as exc:
+            log.exception("generation %s failed unexpectedly", generation_id)
+            await _mark_failed(services, generation_id, "internal error", started)
+            raise GenerationFailed(
+                "The generation failed.", details={"generationId": generation_id}
+            ) from exc
+        async with services.sessions() as session:
+            generation = await session.get(Generation, generation_id)
+            assert generation is not None
+            image = await store_image(
+                session,
+                services.store,
+                project,
+                result.data,
+                facts,
+                source="generated",
+                flow_id=generation.flow_id,
+                generation_id=generation.id,
+            )
+            old = (
+                await session.get(Image, generation.output_image_id)
+                if regenerate and generation.output_image_id
+                else None
+            )
+            if old is not None and old.deleted_at is None:
+                await move_image_aliases(session, old, image)
+            else:
+                await _apply_requested_aliases(session, generation, image)
+            generation.prompt = prompt
+            generation.status = "success"
+            generation.output_image_id = image.id
+            generation.processing_time_ms = int((time.monotonic() - started) * 1000)
+            generation.updated_at = utcnow()
+            await session.commit()
+            return generation
+
+
+async def _apply_requested_aliases(
+    session: AsyncSession, generation: Generation, image: Image
+) -> None:
+    if generation.alias:
+        await assign_project_alias(session, image, generation.alias)
+    if generation.flow_alias and generation.flow_id:
+        flow = await ensure_flow(session, generation.project_id, generation.flow_id)
+        await set_flow_alias(session, flow, generation.flow_alias, image.id)
+
+
+async def _load_references(
+    services: Services, session: AsyncSession, generation: Generation
+) -> list[ReferenceImage]:
+    refs = []
+    for ref in generation.referenced_images or []:
+        image = await session.get(Image, ref["imageId"])
+        if image is None or image.deleted_at is not None:
+            continue
+        refs.append(ReferenceImage(await services.store.read(image.storage_key), image.mime_type))
+    return refs
+
+
+async def _mark_failed(
+    services: Services, generation_id: str, message: str, started: float
+) -> None:
+    async with services.sessions() as session:
+        generation = await session.get(Generation, generation_id)
+        if generation is None:
+            return
+        generation.status = "failed"
+        generation.error_message = message[:2000]
+        generation.processing_time_ms = int((time.monotonic() - started) * 1000)
+        generation.updated_at = utcnow()
+        await session.commit()
+
+
+async def find_generation(session: AsyncSession, project_id: str, generation_id: str) -> Generation:
+    if not is_uuid(generation_id):
+        raise GenerationNotFound("Generation not found.")
+    generation = (
+        await session.execute(
+            select(Generation).where(
+                Generation.id == generation_id.lower(),
+                Generation.project_id == project_id,
+                Generation.deleted_at.is_(None),
+            )
+        )
+    ).scalar_one_or_none()
+    if generation is None:
+        raise GenerationNotFound("Generation not found.")
+    return generation
+
+
+async def generation_json(
+    session: AsyncSession, generation: Generation, project: ProjectCtx, public_url: str
+) -> dict[str, Any]:
+    output = None
+    if generation.output_image_id:
+        image = await session.get(Image, generation.output_image_id)
+        if image is not None and image.deleted_at is None:
+            output = image_json(image, project, public_url)
+    return {
+        "id": generation.id,
+        "projectId": generation.project_id,
+        "flowId": generation.flow_id,
+        "status": generation.status,
+        "prompt": generation.prompt,
+        "originalPrompt": generation.original_prompt,
+        "autoEnhance": generation.auto_enhance,
+        "aspectRatio": generation.aspect_ratio,
+        "enhancementOptions": {"template": generation.template},
+        "referencedImages": generation.referenced_images or [],
+        "outputImageId": generation.output_image_id,
+        "outputImage": output,
+        "errorMessage": generation.error_message,
+        "retryCount": generation.retry_count,
+        "processingTimeMs": generation.processing_time_ms,
+        "meta": generation.meta or {},
+        "createdAt": iso(generation.created_at),
+        "updatedAt": iso(generation.updated_at),
+        "deletedAt": iso(generation.deleted_at),
+    }

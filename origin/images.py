@@ -1,0 +1,147 @@
+"""Images: bytes stored before the row, serialisation, soft delete with invalidation."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import delete, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from cache.index import LiveRecord
+from cache.invalidation import Invalidation
+from cache.live_key import image_key, manifest_key
+from cache.objects import ObjectStore
+from origin.aliases import release_image_aliases
+from origin.envelope import iso
+from origin.imaging import ImageFacts
+from origin.models import Image, LiveEntry, new_id, utcnow
+from origin.services import Services
+
+log = logging.getLogger("banatie.origin")
+
+
+@dataclass(frozen=True, slots=True)
+class ProjectCtx:
+    """The project a request acts on, with the slugs that name its storage and CDN paths."""
+
+    project_id: str
+    organization_slug: str
+    project_slug: str
+
+
+async def store_image(
+    session: AsyncSession,
+    store: ObjectStore,
+    project: ProjectCtx,
+    data: bytes,
+    facts: ImageFacts,
+    *,
+    source: str,
+    flow_id: str | None = None,
+    generation_id: str | None = None,
+    meta: dict[str, Any] | None = None,
+) -> Image:
+    """Write the bytes first, then add the row: a crash can leave bytes, never a bare row."""
+    image_id = new_id()
+    key = image_key(project.organization_slug, project.project_slug, image_id)
+    await store.put(key, data, facts.mime_type)
+    image = Image(
+        id=image_id,
+        project_id=project.project_id,
+        flow_id=flow_id,
+        generation_id=generation_id,
+        source=source,
+        storage_key=key,
+        mime_type=facts.mime_type,
+        file_size=facts.size,
+        width=facts.width,
+        height=facts.height,
+        content_hash=facts.content_hash,
+        meta=meta or {},
+    )
+    session.add(image)
+    await session.flush()
+    return image
+
+
+def image_json(image: Image, project: ProjectCtx, public_url: str) -> dict[str, Any]:
+    return {
+        "id": image.id,
+        "projectId": image.project_id,
+        "flowId": image.flow_id,
+        "generationId": image.generation_id,
+        "source": image.source,
+        "alias": image.alias,
+        "storageKey": image.storage_key,
+        "storageUrl": (
+            f"{public_url}/cdn/{project.organization_slug}/{project.project_slug}/img/{image.id}"
+        ),
+        "mimeType": image.mime_type,
+        "fileSize": image.file_size,
+        "width": image.width,
+        "height": image.height,
+        "contentHash": image.content_hash,
+        "focalPoint": image.focal_point,
+        "meta": image.meta or {},
+        "createdAt": iso(image.created_at),
+        "updatedAt": iso(image.updated_at),
+        "deletedAt": iso(image.deleted_at),
+    }
+
+
+def image_record(image: Image, canonical: str = "") -> LiveRecord:
+    return LiveRecord(
+        image_id=image.id,
+        generation_id=image.generation_id,
+        object_key=image.storage_key,
+        content_type=image.mime_type,
+        size=image.file_size,
+        etag=f'"{image.content_hash}"',
+        canonical=canonical,
+    )
+
+
+async def soft_delete_image(session: AsyncSession, image: Image) -> Invalidation:
+    """Mark deleted, release aliases, forget its live entries; the caller commits, then
+    calls `forget_everywhere` with the returned event."""
+    now = utcnow()
+    image.deleted_at = now
+    image.updated_at = now
+    await release_image_aliases(session, image)
+    digests = tuple(
+        (
+            await session.execute(
+                select(LiveEntry.cache_key).where(
+                    LiveEntry.project_id == image.project_id, LiveEntry.image_id == image.id
+                )
+            )
+        ).scalars()
+    )
+    await session.execute(
+        delete(LiveEntry).where(
+            LiveEntry.project_id == image.project_id, LiveEntry.image_id == image.id
+        )
+    )
+    await session.flush()
+    return Invalidation(image.id, digests)
+
+
+async def forget_everywhere(services: Services, project: ProjectCtx, event: Invalidation) -> None:
+    """Remove index entries and manifests, then tell every edge. Bytes stay in storage."""
+    for digest in event.digests:
+        try:
+            await services.index.delete(digest)
+        except Exception:
+            log.warning("index unavailable while invalidating %s", digest)
+        try:
+            await services.store.delete(
+                manifest_key(project.organization_slug, project.project_slug, digest)
+            )
+        except Exception:
+            log.warning("storage unavailable while removing manifest %s", digest)
+    try:
+        await services.bus.publish(event)
+    except Exception:
+        log.warning("invalidation bus unavailable for image %s", event.image_id)

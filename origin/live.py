@@ -1,0 +1,308 @@
+"""The live miss call: the image for a cache key, generated at most once per (project, key)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import delete, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from cache.budget import BudgetState
+from cache.contract import LiveParams, LiveResult
+from cache.errors import (
+    ApiError,
+    GatewayTimeout,
+    GenerationFailed,
+    RateLimitExceeded,
+    ScopeGenerationsDisabled,
+    ScopeLimitReached,
+    ValidationError,
+)
+from cache.index import LiveRecord
+from cache.live_key import LiveKey, live_key, manifest_key
+from origin.generations import (
+    GenerationInput,
+    check_prompt,
+    check_ratio,
+    check_template,
+    create_generation,
+    run_generation,
+)
+from origin.images import ProjectCtx, image_record
+from origin.models import Image, LiveEntry, LiveScope, utcnow
+from origin.services import Services
+
+log = logging.getLogger("banatie.origin")
+
+SCOPE_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+POLL_S = 0.1
+
+
+async def live(services: Services, params: LiveParams) -> LiveResult:
+    """Existing image for the key, or claim the key and generate it (scope, budgets checked)."""
+    if params.scope and not SCOPE_PATTERN.match(params.scope):
+        raise ValidationError("scope must match [A-Za-z0-9_-]{1,64}.", field="scope")
+    key = live_key(
+        params.project_id,
+        params.scope,
+        check_prompt(params.prompt),
+        check_ratio(params.aspect_ratio),
+        params.auto_enhance,
+        check_template(params.template, "template"),
+        services.generator.model,
+    )
+    project = ProjectCtx(params.project_id, params.organization_slug, params.project_slug)
+    deadline = asyncio.get_running_loop().time() + services.settings.generation_timeout_s * 2
+    while True:
+        async with services.sessions() as session:
+            entry, record = await _existing(session, key)
+            if record is not None:
+                await _publish(services, project, key, record)
+                return LiveResult(record, False, {})
+            if await _claim(services, session, key, entry):
+                break
+        if asyncio.get_running_loop().time() > deadline:
+            raise GatewayTimeout("The image for this key is still being generated elsewhere.")
+        await asyncio.sleep(POLL_S)  # another caller holds the key: wait for its outcome
+    counted = False
+    try:
+        if params.scope:
+            await _count_scope(services, params.project_id, params.scope)
+            counted = True
+        budget = await _admit(services, params)
+        generation = await create_generation(
+            services,
+            project,
+            GenerationInput(
+                prompt=key.prompt,
+                aspect_ratio=key.aspect_ratio,
+                auto_enhance=key.auto_enhance,
+                template=key.template,
+                reference_inputs=[],
+                flow=None,
+                flow_given=True,
+                alias=None,
+                flow_alias=None,
+                meta={},
+            ),
+            meta_extra={"live": {"scope": params.scope, "cacheKey": key.digest}},
+        )
+        await _set_entry(services, key, status="pending", generation_id=generation.id)
+        generation = await run_generation(services, project, generation.id)
+    except BaseException as exc:
+        attempted = isinstance(exc, ApiError) and bool((exc.details or {}).get("generationId"))
+        await _release(services, key, failed=attempted)
+        if counted:
+            await _uncount_scope(services, params.project_id, params.scope)
+        raise
+    async with services.sessions() as session:
+        image = await session.get(Image, generation.output_image_id)
+        assert image is not None
+        record = image_record(image, key.canonical)
+    await _set_entry(services, key, status="ready", image_id=record.image_id)
+    await _publish(services, project, key, record)
+    return LiveResult(record, True, budget.headers() if budget else {})
+
+
+async def _existing(
+    session: AsyncSession, key: LiveKey
+) -> tuple[LiveEntry | None, LiveRecord | None]:
+    entry = (
+        await session.execute(
+            select(LiveEntry).where(
+                LiveEntry.project_id == key.project_id, LiveEntry.cache_key == key.digest
+            )
+        )
+    ).scalar_one_or_none()
+    if entry is None or entry.status != "ready" or entry.canonical != key.canonical:
+        return entry, None
+    image = await session.get(Image, entry.image_id)
+    if image is None or image.deleted_at is not None:
+        return entry, None
+    return entry, image_record(image, key.canonical)
+
+
+async def _claim(
+    services: Services, session: AsyncSession, key: LiveKey, entry: LiveEntry | None
+) -> bool:
+    """Become the one caller that generates this key. The unique row is the arbiter."""
+    now = utcnow()
+    if entry is None:
+        session.add(
+            LiveEntry(
+                project_id=key.project_id,
+                cache_key=key.digest,
+                canonical=key.canonical,
+                scope=key.scope,
+                status="pending",
+                created_at=now,
+                updated_at=now,
+            )
+        )
+        try:
+            await session.commit()
+            return True
+        except IntegrityError:
+            await session.rollback()
+            return False
+    stale_pending = now - timedelta(seconds=services.settings.generation_timeout_s * 2)
+    failed_before = now - timedelta(seconds=services.settings.failure_ttl_s)
+    retryable = (entry.status == "failed" and entry.updated_at <= failed_before) or (
+        entry.status == "pending" and entry.updated_at <= stale_pending
+    )
+    if entry.status == "ready" or retryable:  # ready but its image is gone: generate anew
+        result = await session.execute(
+            update(LiveEntry)
+            .where(LiveEntry.id == entry.id, LiveEntry.updated_at == entry.updated_at)
+            .values(status="pending", image_id=None, canonical=key.canonical, updated_at=now)
+        )
+        await session.commit()
+        return result.rowcount == 1
+    if entry.status == "failed":
+        raise GenerationFailed(
+            "The last attempt for this image failed; it will be retried shortly.",
+            headers={"Retry-After": str(max(1, int(services.settings.failure_ttl_s)))},
+        )
+    return False
+
+
+async def _admit(services: Services, params: LiveParams) -> BudgetState | None:
+    """The per-key or per-IP budget; only for a miss about to generate."""
+    settings = services.settings
+    budget = None
+    if params.key_id:
+        budget = await services.budget.take(f"key:{params.key_id}", settings.key_budget_per_hour)
+        if not budget.allowed:
+            raise RateLimitExceeded(
+                "The hourly generation budget of this key is spent.",
+                retry_after=budget.retry_after,
+                headers=budget.headers(),
+            )
+    if params.client_ip:
+        state = await services.budget.take(
+            f"ip:{params.project_id}:{params.client_ip}", settings.ip_budget_per_hour
+        )
+        if not state.allowed:
+            raise RateLimitExceeded(
+                "This address has used its hourly budget of new images.",
+                retry_after=state.retry_after,
+            )
+    return budget
+
+
+async def ensure_scope(session: AsyncSession, services: Services, project_id: str, slug: str):  # type: ignore[no-untyped-def]
+    scope = (
+        await session.execute(
+            select(LiveScope).where(LiveScope.project_id == project_id, LiveScope.slug == slug)
+        )
+    ).scalar_one_or_none()
+    if scope is not None:
+        return scope
+    try:
+        async with session.begin_nested():
+            scope = LiveScope(
+                project_id=project_id,
+                slug=slug,
+                new_generations_limit=services.settings.default_scope_limit,
+                meta={},
+            )
+            session.add(scope)
+    except IntegrityError:
+        scope = (
+            await session.execute(
+                select(LiveScope).where(LiveScope.project_id == project_id, LiveScope.slug == slug)
+            )
+        ).scalar_one()
+    return scope
+
+
+async def _count_scope(services: Services, project_id: str, slug: str) -> None:
+    """Take one of the scope's new generations atomically (auto-creating the scope)."""
+    async with services.sessions() as session:
+        scope = await ensure_scope(session, services, project_id, slug)
+        await session.commit()
+        if not scope.allow_new_generations:
+            raise ScopeGenerationsDisabled(f"Scope {slug} does not allow new generations.")
+        result = await session.execute(
+            update(LiveScope)
+            .where(
+                LiveScope.id == scope.id,
+                LiveScope.current_generations < LiveScope.new_generations_limit,
+            )
+            .values(
+                current_generations=LiveScope.current_generations + 1,
+                last_generated_at=utcnow(),
+                updated_at=utcnow(),
+            )
+        )
+        await session.commit()
+        if result.rowcount != 1:
+            raise ScopeLimitReached(
+                f"Scope {slug} has reached its limit of {scope.new_generations_limit} images."
+            )
+
+
+async def _uncount_scope(services: Services, project_id: str, slug: str) -> None:
+    async with services.sessions() as session:
+        await session.execute(
+            update(LiveScope)
+            .where(
+                LiveScope.project_id == project_id,
+                LiveScope.slug == slug,
+                LiveScope.current_generations > 0,
+            )
+            .values(current_generations=LiveScope.current_generations - 1)
+        )
+        await session.commit()
+
+
+async def _set_entry(services: Services, key: LiveKey, **values: Any) -> None:
+    async with services.sessions() as session:
+        await session.execute(
+            update(LiveEntry)
+            .where(LiveEntry.project_id == key.project_id, LiveEntry.cache_key == key.digest)
+            .values(updated_at=utcnow(), **values)
+        )
+        await session.commit()
+
+
+async def _release(services: Services, key: LiveKey, failed: bool) -> None:
+    """A failed generation is remembered briefly; a refusal frees the key at once."""
+    try:
+        if failed:
+            await _set_entry(services, key, status="failed")
+        else:
+            async with services.sessions() as session:
+                await session.execute(
+                    delete(LiveEntry).where(
+                        LiveEntry.project_id == key.project_id,
+                        LiveEntry.cache_key == key.digest,
+                        LiveEntry.status == "pending",
+                    )
+                )
+                await session.commit()
+    except Exception:
+        log.exception("could not release live key %s", key.digest)
+
+
+async def _publish(
+    services: Services, project: ProjectCtx, key: LiveKey, record: LiveRecord
+) -> None:
+    """Write the manifest (the edge's fallback without Redis) and the index entry."""
+    try:
+        await services.store.put(
+            manifest_key(project.organization_slug, project.project_slug, key.digest),
+            record.to_json(),
+            "application/json",
+        )
+    except Exception:
+        log.warning("could not write manifest for %s", key.digest)
+    try:
+        await services.index.set(key.digest, record)
+    except Exception:
+        log.warning("index unavailable; %s served from manifest until it returns", key.digest)

@@ -1,0 +1,330 @@
+"""The OpenAPI 3 document of every JSON route, and a small HTML viewer for it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+ENVELOPE_ERROR = {
+    "type": "object",
+    "required": ["success", "error"],
+    "properties": {
+        "success": {"type": "boolean", "enum": [False]},
+        "error": {
+            "type": "object",
+            "required": ["code", "message"],
+            "properties": {
+                "code": {"type": "string"},
+                "message": {"type": "string"},
+                "details": {"type": "object"},
+            },
+        },
+    },
+}
+RATIOS = ["1:1", "2:3", "3:2", "3:4", "4:3", "4:5", "5:4", "9:16", "16:9", "21:9"]
+TEMPLATES = [
+    "general",
+    "photorealistic",
+    "illustration",
+    "minimalist",
+    "sticker",
+    "product",
+    "comic",
+]
+ALIAS = {"type": "string", "pattern": "^@[A-Za-z0-9_-]{1,49}$"}
+UUID = {"type": "string", "format": "uuid"}
+META = {"type": "object"}
+
+GENERATION_BODY = {
+    "type": "object",
+    "required": ["prompt"],
+    "properties": {
+        "prompt": {"type": "string", "minLength": 1, "maxLength": 5000},
+        "aspectRatio": {"type": "string", "enum": RATIOS},
+        "referenceImages": {"type": "array", "items": {"type": "string"}, "maxItems": 3},
+        "flowId": {"type": ["string", "null"], "format": "uuid"},
+        "alias": ALIAS,
+        "flowAlias": ALIAS,
+        "autoEnhance": {"type": "boolean"},
+        "enhancementOptions": {
+            "type": "object",
+            "properties": {"template": {"type": "string", "enum": TEMPLATES}},
+        },
+        "meta": META,
+    },
+}
+RETRY_BODY = {
+    "type": "object",
+    "properties": {
+        k: GENERATION_BODY["properties"][k]  # type: ignore[index]
+        for k in ("prompt", "aspectRatio", "autoEnhance", "referenceImages")
+    },
+}
+SCOPE_BODY = {
+    "type": "object",
+    "properties": {
+        "slug": {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,64}$"},
+        "allowNewGenerations": {"type": "boolean"},
+        "newGenerationsLimit": {"type": "integer", "minimum": 0},
+        "meta": META,
+    },
+}
+IMAGE_UPDATE = {
+    "type": "object",
+    "properties": {
+        "alias": {"type": ["string", "null"], "pattern": ALIAS["pattern"]},
+        "focalPoint": {
+            "type": ["object", "null"],
+            "required": ["x", "y"],
+            "properties": {
+                "x": {"type": "number", "minimum": 0, "maximum": 1},
+                "y": {"type": "number", "minimum": 0, "maximum": 1},
+            },
+        },
+        "meta": META,
+    },
+}
+KEY_BODY = {
+    "type": "object",
+    "properties": {
+        "type": {"type": "string", "enum": ["project", "master"]},
+        "organizationSlug": {"type": "string"},
+        "projectSlug": {"type": "string"},
+        "name": {"type": "string"},
+        "expiresInDays": {"type": "integer", "minimum": 1, "maximum": 3650},
+    },
+}
+UPLOAD_BODY = {
+    "content": {
+        "multipart/form-data": {
+            "schema": {
+                "type": "object",
+                "required": ["file"],
+                "properties": {
+                    "file": {"type": "string", "format": "binary"},
+                    "alias": {"type": "string"},
+                    "flowId": {"type": "string"},
+                    "flowAlias": {"type": "string"},
+                    "meta": {"type": "string"},
+                },
+            }
+        }
+    }
+}
+
+PAGING = ["limit", "offset"]
+
+# (method, path, summary, body schema, query params, success status, auth)
+ROUTES: list[tuple[str, str, str, Any, list[str], int, str]] = [
+    ("get", "/health", "Liveness", None, [], 200, "none"),
+    ("get", "/ready", "Readiness of database, storage and cache", None, [], 200, "none"),
+    ("post", "/api/bootstrap/initial-key", "Create the first master key", None, [], 201, "none"),
+    ("post", "/api/admin/keys", "Create a key", KEY_BODY, [], 201, "master"),
+    ("get", "/api/admin/keys", "List keys", None, [], 200, "master"),
+    ("delete", "/api/admin/keys/{id}", "Revoke a key", None, [], 200, "master"),
+    ("post", "/api/v1/generations", "Create a generation", GENERATION_BODY, [], 201, "project"),
+    (
+        "get",
+        "/api/v1/generations",
+        "List generations",
+        None,
+        [*PAGING, "status", "flowId", "includeDeleted"],
+        200,
+        "project",
+    ),
+    ("get", "/api/v1/generations/{id}", "Get a generation", None, [], 200, "project"),
+    (
+        "put",
+        "/api/v1/generations/{id}",
+        "Edit meta and flowId",
+        {"type": "object", "properties": {"meta": META, "flowId": {"type": ["string", "null"]}}},
+        [],
+        200,
+        "project",
+    ),
+    ("delete", "/api/v1/generations/{id}", "Soft-delete a generation", None, [], 200, "project"),
+    (
+        "post",
+        "/api/v1/generations/{id}/retry",
+        "Retry a failed generation",
+        RETRY_BODY,
+        [],
+        200,
+        "project",
+    ),
+    (
+        "post",
+        "/api/v1/generations/{id}/regenerate",
+        "Regenerate as a new image",
+        None,
+        [],
+        200,
+        "project",
+    ),
+    (
+        "post",
+        "/api/v1/flows",
+        "Create a flow",
+        {"type": "object", "properties": {"meta": META}},
+        [],
+        201,
+        "project",
+    ),
+    ("get", "/api/v1/flows", "List flows", None, PAGING, 200, "project"),
+    ("get", "/api/v1/flows/{id}", "Get a flow", None, [], 200, "project"),
+    ("delete", "/api/v1/flows/{id}", "Delete a flow", None, [], 200, "project"),
+    ("get", "/api/v1/flows/{id}/generations", "A flow's generations", None, PAGING, 200, "project"),
+    ("get", "/api/v1/flows/{id}/images", "A flow's images", None, PAGING, 200, "project"),
+    (
+        "put",
+        "/api/v1/flows/{id}/aliases",
+        "Merge flow aliases",
+        {
+            "type": "object",
+            "required": ["aliases"],
+            "properties": {"aliases": {"type": "object", "additionalProperties": UUID}},
+        },
+        [],
+        200,
+        "project",
+    ),
+    (
+        "delete",
+        "/api/v1/flows/{id}/aliases/{alias}",
+        "Remove a flow alias",
+        None,
+        [],
+        200,
+        "project",
+    ),
+    ("post", "/api/v1/images/upload", "Upload an image", UPLOAD_BODY, [], 201, "project"),
+    (
+        "get",
+        "/api/v1/images",
+        "List images",
+        None,
+        [*PAGING, "source", "flowId", "alias", "includeDeleted"],
+        200,
+        "project",
+    ),
+    ("get", "/api/v1/images/resolve/{alias}", "Resolve an alias", None, ["flowId"], 200, "project"),
+    ("get", "/api/v1/images/{id}", "Get an image by id or alias", None, ["flowId"], 200, "project"),
+    (
+        "put",
+        "/api/v1/images/{id}",
+        "Update alias, focal point, meta",
+        IMAGE_UPDATE,
+        [],
+        200,
+        "project",
+    ),
+    (
+        "put",
+        "/api/v1/images/{id}/alias",
+        "Set the project alias",
+        {
+            "type": "object",
+            "required": ["alias"],
+            "properties": {"alias": {"type": ["string", "null"]}},
+        },
+        [],
+        200,
+        "project",
+    ),
+    ("delete", "/api/v1/images/{id}", "Soft-delete an image", None, [], 200, "project"),
+    ("post", "/api/v1/live/scopes", "Create a live scope", SCOPE_BODY, [], 201, "project"),
+    ("get", "/api/v1/live/scopes", "List live scopes", None, PAGING, 200, "project"),
+    ("get", "/api/v1/live/scopes/{slug}", "Get a live scope", None, [], 200, "project"),
+    ("put", "/api/v1/live/scopes/{slug}", "Update a live scope", SCOPE_BODY, [], 200, "project"),
+    ("delete", "/api/v1/live/scopes/{slug}", "Delete a live scope", None, [], 200, "project"),
+]
+
+QUERY_SCHEMAS: dict[str, dict[str, Any]] = {
+    "limit": {"type": "integer", "minimum": 0},
+    "offset": {"type": "integer", "minimum": 0},
+    "status": {"type": "string", "enum": ["pending", "processing", "success", "failed"]},
+    "flowId": UUID,
+    "includeDeleted": {"type": "boolean"},
+    "source": {"type": "string", "enum": ["generated", "uploaded"]},
+    "alias": {"type": "string"},
+}
+
+ERROR_STATUSES = {
+    "none": ["400", "403", "429"],
+    "master": ["400", "401", "403", "404"],
+    "project": ["400", "401", "403", "404", "409", "413", "415", "429", "502", "503"],
+}
+
+
+def openapi_document(public_url: str) -> dict[str, Any]:
+    paths: dict[str, dict[str, Any]] = {}
+    for method, path, summary, body, query, status, auth in ROUTES:
+        params = [
+            {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+            for name in ("id", "alias", "slug")
+            if "{" + name + "}" in path
+        ] + [{"name": q, "in": "query", "schema": QUERY_SCHEMAS[q]} for q in query]
+        operation: dict[str, Any] = {
+            "summary": summary,
+            "parameters": params,
+            "responses": {
+                str(status): {
+                    "description": "success",
+                    "content": {
+                        "application/json": {
+                            "schema": {
+                                "type": "object",
+                                "required": ["success"],
+                                "properties": {"success": {"type": "boolean", "enum": [True]}},
+                            }
+                        }
+                    },
+                },
+                **{
+                    code: {
+                        "description": "error",
+                        "content": {"application/json": {"schema": ENVELOPE_ERROR}},
+                    }
+                    for code in ERROR_STATUSES[auth]
+                },
+            },
+        }
+        if path == "/api/v1/generations" and method == "post":
+            operation["responses"]["202"] = operation["responses"]["201"]
+        if auth != "none":
+            operation["security"] = [{"apiKey": []}]
+        if body is not None:
+            operation["requestBody"] = (
+                body if "content" in body else {"content": {"application/json": {"schema": body}}}
+            )
+        paths.setdefault(path, {})[method] = operation
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "banatie", "version": "0.1.0"},
+        "servers": [{"url": public_url}],
+        "components": {
+            "securitySchemes": {"apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"}}
+        },
+        "paths": paths,
+    }
+
+
+DOCS_HTML = """<!doctype html>
+<html><head><meta charset="utf-8"><title>banatie API</title>
+<style>body{font:14px system-ui;margin:2em;max-width:60em}code{background:#eee;padding:0 .3em}
+h2{margin-top:1.5em}li{margin:.2em 0}</style></head>
+<body><h1>banatie API</h1><p>The machine-readable document is at
+<a href="/openapi.json"><code>/openapi.json</code></a>.</p><div id="routes"></div>
+<script>
+fetch('/openapi.json').then(r => r.json()).then(doc => {
+  const out = document.getElementById('routes');
+  for (const [path, ops] of Object.entries(doc.paths)) {
+    for (const [method, op] of Object.entries(ops)) {
+      const li = document.createElement('li');
+      li.innerHTML = '<code>' + method.toUpperCase() + ' ' + path + '</code> ';
+      li.appendChild(document.createTextNode(op.summary));
+      out.appendChild(li);
+    }
+  }
+});
+</script></body></html>
+"""

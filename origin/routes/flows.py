@@ -1,0 +1,163 @@
+"""HTTP: /api/v1/flows."""
+
+from __future__ import annotations
+
+from sqlalchemy import func, select
+from starlette.requests import Request
+from starlette.routing import Route
+
+from cache.errors import AliasNotFound, ValidationError
+from origin.aliases import check_alias, live_image
+from origin.auth import project_of, services_of
+from origin.envelope import is_uuid, meta_field, ok, page, pagination, read_json
+from origin.flows import delete_flow, find_flow, flow_json
+from origin.generations import generation_json
+from origin.images import image_json
+from origin.models import Flow, Generation, Image, utcnow
+
+
+async def create(request: Request):  # type: ignore[no-untyped-def]
+    services = services_of(request)
+    project = await project_of(request)
+    body = await read_json(request, services.settings.max_body_bytes, required=False)
+    flow = Flow(
+        project_id=project.project_id,
+        aliases={},
+        meta=meta_field(body, services.settings.max_meta_bytes) or {},
+    )
+    async with services.sessions() as session:
+        session.add(flow)
+        await session.commit()
+        return ok(await flow_json(session, flow), 201)
+
+
+async def list_(request: Request):  # type: ignore[no-untyped-def]
+    services = services_of(request)
+    project = await project_of(request)
+    limit, offset = pagination(request)
+    query = select(Flow).where(Flow.project_id == project.project_id)
+    async with services.sessions() as session:
+        total = await session.scalar(select(func.count()).select_from(query.subquery()))
+        rows = (
+            await session.execute(
+                query.order_by(Flow.created_at.desc(), Flow.id).limit(limit).offset(offset)
+            )
+        ).scalars()
+        items = [await flow_json(session, flow) for flow in rows]
+    return page(items, total or 0, limit, offset)
+
+
+async def get(request: Request):  # type: ignore[no-untyped-def]
+    services = services_of(request)
+    project = await project_of(request)
+    async with services.sessions() as session:
+        flow = await find_flow(session, project.project_id, request.path_params["id"])
+        return ok(await flow_json(session, flow))
+
+
+async def generations(request: Request):  # type: ignore[no-untyped-def]
+    services = services_of(request)
+    project = await project_of(request)
+    limit, offset = pagination(request)
+    async with services.sessions() as session:
+        flow = await find_flow(session, project.project_id, request.path_params["id"])
+        query = select(Generation).where(
+            Generation.flow_id == flow.id, Generation.deleted_at.is_(None)
+        )
+        total = await session.scalar(select(func.count()).select_from(query.subquery()))
+        rows = (
+            await session.execute(
+                query.order_by(Generation.created_at.desc(), Generation.id)
+                .limit(limit)
+                .offset(offset)
+            )
+        ).scalars()
+        items = [
+            await generation_json(session, g, project, services.settings.public_url) for g in rows
+        ]
+    return page(items, total or 0, limit, offset)
+
+
+async def images(request: Request):  # type: ignore[no-untyped-def]
+    services = services_of(request)
+    project = await project_of(request)
+    limit, offset = pagination(request)
+    async with services.sessions() as session:
+        flow = await find_flow(session, project.project_id, request.path_params["id"])
+        query = live_image(project.project_id).where(Image.flow_id == flow.id)
+        total = await session.scalar(select(func.count()).select_from(query.subquery()))
+        rows = (
+            await session.execute(
+                query.order_by(Image.created_at.desc(), Image.id).limit(limit).offset(offset)
+            )
+        ).scalars()
+        items = [image_json(i, project, services.settings.public_url) for i in rows]
+    return page(items, total or 0, limit, offset)
+
+
+async def put_aliases(request: Request):  # type: ignore[no-untyped-def]
+    services = services_of(request)
+    project = await project_of(request)
+    body = await read_json(request, services.settings.max_body_bytes)
+    aliases = body.get("aliases")
+    if not isinstance(aliases, dict):
+        raise ValidationError('aliases must be an object of {"@name": imageId}.', field="aliases")
+    async with services.sessions() as session:
+        flow = await find_flow(session, project.project_id, request.path_params["id"])
+        merged = dict(flow.aliases or {})
+        for alias, image_id in aliases.items():
+            check_alias(alias, f"aliases.{alias}")
+            if not is_uuid(image_id):
+                raise ValidationError(
+                    f"aliases.{alias} must be an image id.", field=f"aliases.{alias}"
+                )
+            image = (
+                await session.execute(
+                    live_image(project.project_id).where(Image.id == image_id.lower())
+                )
+            ).scalar_one_or_none()
+            if image is None:
+                raise ValidationError(
+                    f"Image {image_id} does not exist in this project.", field=f"aliases.{alias}"
+                )
+            merged[alias] = image.id
+        flow.aliases = merged
+        flow.updated_at = utcnow()
+        await session.commit()
+        return ok(await flow_json(session, flow))
+
+
+async def delete_alias(request: Request):  # type: ignore[no-untyped-def]
+    services = services_of(request)
+    project = await project_of(request)
+    alias = request.path_params["alias"]
+    async with services.sessions() as session:
+        flow = await find_flow(session, project.project_id, request.path_params["id"])
+        if alias not in (flow.aliases or {}):
+            raise AliasNotFound(f"The flow has no alias {alias}.")
+        flow.aliases = {k: v for k, v in flow.aliases.items() if k != alias}
+        flow.updated_at = utcnow()
+        await session.commit()
+        return ok(await flow_json(session, flow))
+
+
+async def delete(request: Request):  # type: ignore[no-untyped-def]
+    services = services_of(request)
+    project = await project_of(request)
+    async with services.sessions() as session:
+        flow = await find_flow(session, project.project_id, request.path_params["id"])
+        await delete_flow(session, flow)
+        await session.commit()
+    return ok({"id": flow.id})
+
+
+routes = [
+    Route("/api/v1/flows", create, methods=["POST"]),
+    Route("/api/v1/flows", list_, methods=["GET"]),
+    Route("/api/v1/flows/{id}", get, methods=["GET"]),
+    Route("/api/v1/flows/{id}", delete, methods=["DELETE"]),
+    Route("/api/v1/flows/{id}/generations", generations, methods=["GET"]),
+    Route("/api/v1/flows/{id}/images", images, methods=["GET"]),
+    Route("/api/v1/flows/{id}/aliases", put_aliases, methods=["PUT"]),
+    Route("/api/v1/flows/{id}/aliases/{alias}", delete_alias, methods=["DELETE"]),
+]

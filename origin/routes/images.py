@@ -1,0 +1,261 @@
+"""HTTP: /api/v1/images."""
+
+from __future__ import annotations
+
+import json
+
+from sqlalchemy import func, select
+from starlette.datastructures import UploadFile
+from starlette.requests import Request
+from starlette.routing import Route
+
+from cache.errors import (
+    AliasNotFound,
+    ApiError,
+    PayloadTooLarge,
+    ValidationError,
+)
+from origin.aliases import (
+    ALIAS_PATTERN,
+    TECHNICAL,
+    assign_project_alias,
+    check_alias,
+    find_image,
+    resolve_alias,
+    set_flow_alias,
+)
+from origin.auth import project_of, services_of
+from origin.envelope import (
+    is_uuid,
+    meta_field,
+    ok,
+    page,
+    pagination,
+    query_bool,
+    read_json,
+)
+from origin.flows import ensure_flow
+from origin.images import forget_everywhere, image_json, soft_delete_image, store_image
+from origin.imaging import inspect_image_async
+from origin.models import Image, new_id, utcnow
+
+SOURCES = ("generated", "uploaded")
+
+
+def _query_flow_id(request: Request) -> str | None:
+    flow_id = request.query_params.get("flowId")
+    if flow_id is None or flow_id == "":
+        return None
+    if not is_uuid(flow_id):
+        raise ValidationError("flowId must be a UUID.", field="flowId")
+    return flow_id.lower()
+
+
+async def upload(request: Request):  # type: ignore[no-untyped-def]
+    services = services_of(request)
+    project = await project_of(request)
+    settings = services.settings
+    if not request.headers.get("content-type", "").startswith("multipart/form-data"):
+        raise ValidationError(
+            "Send the image as multipart/form-data with a file field.", field="file"
+        )
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > settings.max_upload_bytes + 64 * 1024:
+        raise PayloadTooLarge(f"The upload is larger than {settings.max_upload_bytes} bytes.")
+    try:
+        form = await request.form(max_files=1, max_fields=10, max_part_size=64 * 1024)
+    except ApiError:
+        raise
+    except Exception as exc:
+        raise ValidationError(
+            f"The multipart body could not be read: {exc}", field="file"
+        ) from None
+    try:
+        file = form.get("file")
+        if not isinstance(file, UploadFile):
+            raise ValidationError("A file field with the image is required.", field="file")
+        data = await file.read(settings.max_upload_bytes + 1)
+        if len(data) > settings.max_upload_bytes:
+            raise PayloadTooLarge(f"The image is larger than {settings.max_upload_bytes} bytes.")
+        fields = {k: v for k, v in form.items() if isinstance(v, str)}
+    finally:
+        await form.close()
+    alias = fields.get("alias") or None
+    flow_alias = fields.get("flowAlias") or None
+    if alias is not None:
+        check_alias(alias)
+    if flow_alias is not None:
+        check_alias(flow_alias, "flowAlias")
+    meta = {}
+    if fields.get("meta"):
+        try:
+            meta = meta_field({"meta": json.loads(fields["meta"])}, settings.max_meta_bytes) or {}
+        except ValueError:
+            raise ValidationError("meta must be a JSON object string.", field="meta") from None
+    if "flowId" not in fields:
+        flow_id, materialise = new_id(), False
+    elif fields["flowId"] in ("", "null"):
+        flow_id, materialise = None, False
+    elif is_uuid(fields["flowId"]):
+        flow_id, materialise = fields["flowId"].lower(), True
+    else:
+        raise ValidationError("flowId must be a UUID or null.", field="flowId")
+    facts = await inspect_image_async(data, settings.max_upload_bytes, settings.max_image_pixels)
+    async with services.sessions() as session:
+        flow = None
+        if flow_id is not None and (materialise or flow_alias):
+            flow = await ensure_flow(session, project.project_id, flow_id)
+        image = await store_image(
+            session,
+            services.store,
+            project,
+            data,
+            facts,
+            source="uploaded",
+            flow_id=flow_id,
+            meta=meta,
+        )
+        if alias:
+            await assign_project_alias(session, image, alias)
+        if flow is not None and flow_alias:
+            await set_flow_alias(session, flow, flow_alias, image.id)
+        await session.commit()
+        return ok(image_json(image, project, settings.public_url), 201)
+
+
+async def list_(request: Request):  # type: ignore[no-untyped-def]
+    services = services_of(request)
+    project = await project_of(request)
+    limit, offset = pagination(request)
+    query = select(Image).where(Image.project_id == project.project_id)
+    if not query_bool(request, "includeDeleted"):
+        query = query.where(Image.deleted_at.is_(None))
+    source = request.query_params.get("source")
+    if source is not None:
+        if source not in SOURCES:
+            raise ValidationError("source must be generated or uploaded.", field="source")
+        query = query.where(Image.source == source)
+    flow_id = _query_flow_id(request)
+    if flow_id is not None:
+        query = query.where(Image.flow_id == flow_id)
+    alias = request.query_params.get("alias")
+    if alias is not None:
+        query = query.where(Image.alias == alias)
+    async with services.sessions() as session:
+        total = await session.scalar(select(func.count()).select_from(query.subquery()))
+        rows = (
+            await session.execute(
+                query.order_by(Image.created_at.desc(), Image.id).limit(limit).offset(offset)
+            )
+        ).scalars()
+        items = [image_json(i, project, services.settings.public_url) for i in rows]
+    return page(items, total or 0, limit, offset)
+
+
+async def get(request: Request):  # type: ignore[no-untyped-def]
+    services = services_of(request)
+    project = await project_of(request)
+    flow_id = _query_flow_id(request)
+    async with services.sessions() as session:
+        image = await find_image(session, project.project_id, request.path_params["id"], flow_id)
+        return ok(image_json(image, project, services.settings.public_url))
+
+
+async def resolve(request: Request):  # type: ignore[no-untyped-def]
+    services = services_of(request)
+    project = await project_of(request)
+    alias = request.path_params["alias"]
+    flow_id = _query_flow_id(request)
+    if not ALIAS_PATTERN.match(alias):
+        raise ValidationError("alias must match @[A-Za-z0-9_-]{1,49}.", field="alias")
+    if alias in TECHNICAL and flow_id is None:
+        raise ValidationError(f"{alias} needs a flowId to resolve.", field="flowId")
+    async with services.sessions() as session:
+        resolved = await resolve_alias(session, project.project_id, alias, flow_id)
+        if resolved is None:
+            raise AliasNotFound(f"No image holds the alias {alias}.")
+        return ok(
+            {
+                "alias": alias,
+                "imageId": resolved.image.id,
+                "scope": resolved.scope,
+                "flowId": resolved.flow_id,
+                "image": image_json(resolved.image, project, services.settings.public_url),
+            }
+        )
+
+
+async def update(request: Request):  # type: ignore[no-untyped-def]
+    services = services_of(request)
+    project = await project_of(request)
+    body = await read_json(request, services.settings.max_body_bytes)
+    meta = meta_field(body, services.settings.max_meta_bytes)
+    focal = body.get("focalPoint", ...)
+    if focal is not ... and focal is not None:
+        if (
+            not isinstance(focal, dict)
+            or set(focal) != {"x", "y"}
+            or not all(
+                isinstance(focal[c], int | float)
+                and not isinstance(focal[c], bool)
+                and 0 <= focal[c] <= 1
+                for c in ("x", "y")
+            )
+        ):
+            raise ValidationError(
+                "focalPoint must be {x, y} with numbers in [0, 1].", field="focalPoint"
+            )
+    alias = body.get("alias", ...)
+    if alias is not ... and alias is not None:
+        check_alias(alias)
+    async with services.sessions() as session:
+        image = await find_image(session, project.project_id, request.path_params["id"])
+        if alias is not ...:
+            await assign_project_alias(session, image, alias)
+        if focal is not ...:
+            image.focal_point = (
+                None if focal is None else {"x": float(focal["x"]), "y": float(focal["y"])}
+            )
+        if meta is not None:
+            image.meta = meta
+        image.updated_at = utcnow()
+        await session.commit()
+        return ok(image_json(image, project, services.settings.public_url))
+
+
+async def put_alias(request: Request):  # type: ignore[no-untyped-def]
+    services = services_of(request)
+    project = await project_of(request)
+    body = await read_json(request, services.settings.max_body_bytes)
+    if "alias" not in body:
+        raise ValidationError("alias is required (a string or null).", field="alias")
+    alias = body["alias"]
+    if alias is not None:
+        check_alias(alias)
+    async with services.sessions() as session:
+        image = await find_image(session, project.project_id, request.path_params["id"])
+        await assign_project_alias(session, image, alias)
+        await session.commit()
+        return ok(image_json(image, project, services.settings.public_url))
+
+
+async def delete(request: Request):  # type: ignore[no-untyped-def]
+    services = services_of(request)
+    project = await project_of(request)
+    async with services.sessions() as session:
+        image = await find_image(session, project.project_id, request.path_params["id"])
+        event = await soft_delete_image(session, image)
+        await session.commit()
+    await forget_everywhere(services, project, event)
+    return ok({"id": image.id})
+
+
+routes = [
+    Route("/api/v1/images/upload", upload, methods=["POST"]),
+    Route("/api/v1/images", list_, methods=["GET"]),
+    Route("/api/v1/images/resolve/{alias}", resolve, methods=["GET"]),
+    Route("/api/v1/images/{id}", get, methods=["GET"]),
+    Route("/api/v1/images/{id}", update, methods=["PUT"]),
+    Route("/api/v1/images/{id}", delete, methods=["DELETE"]),
+    Route("/api/v1/images/{id}/alias", put_alias, methods=["PUT"]),
+]

@@ -1,0 +1,140 @@
+"""HTTP: /api/v1/live/scopes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
+from starlette.requests import Request
+from starlette.routing import Route
+
+from cache.errors import Conflict, ScopeNotFound, ValidationError
+from origin.auth import project_of, services_of
+from origin.envelope import (
+    iso,
+    meta_field,
+    ok,
+    optional_bool,
+    optional_int,
+    page,
+    pagination,
+    read_json,
+)
+from origin.live import SCOPE_PATTERN
+from origin.models import LiveScope, utcnow
+
+
+def scope_json(scope: LiveScope) -> dict[str, Any]:
+    return {
+        "id": scope.id,
+        "slug": scope.slug,
+        "allowNewGenerations": scope.allow_new_generations,
+        "newGenerationsLimit": scope.new_generations_limit,
+        "currentGenerations": scope.current_generations,
+        "lastGeneratedAt": iso(scope.last_generated_at),
+        "meta": scope.meta or {},
+        "createdAt": iso(scope.created_at),
+        "updatedAt": iso(scope.updated_at),
+    }
+
+
+async def _find(session, project_id: str, slug: str) -> LiveScope:  # type: ignore[no-untyped-def]
+    scope = (
+        await session.execute(
+            select(LiveScope).where(LiveScope.project_id == project_id, LiveScope.slug == slug)
+        )
+    ).scalar_one_or_none()
+    if scope is None:
+        raise ScopeNotFound(f"No live scope {slug}.")
+    return scope
+
+
+async def create(request: Request):  # type: ignore[no-untyped-def]
+    services = services_of(request)
+    project = await project_of(request)
+    body = await read_json(request, services.settings.max_body_bytes)
+    slug = body.get("slug")
+    if not isinstance(slug, str) or not SCOPE_PATTERN.match(slug):
+        raise ValidationError("slug must match [A-Za-z0-9_-]{1,64}.", field="slug")
+    scope = LiveScope(
+        project_id=project.project_id,
+        slug=slug,
+        allow_new_generations=optional_bool(body, "allowNewGenerations", True),
+        new_generations_limit=optional_int(
+            body, "newGenerationsLimit", services.settings.default_scope_limit, 0, 1_000_000
+        ),
+        meta=meta_field(body, services.settings.max_meta_bytes) or {},
+    )
+    async with services.sessions() as session:
+        session.add(scope)
+        try:
+            await session.commit()
+        except IntegrityError:
+            raise Conflict(f"The scope {slug} already exists.", code="SCOPE_EXISTS") from None
+        return ok(scope_json(scope), 201)
+
+
+async def list_(request: Request):  # type: ignore[no-untyped-def]
+    services = services_of(request)
+    project = await project_of(request)
+    limit, offset = pagination(request)
+    query = select(LiveScope).where(LiveScope.project_id == project.project_id)
+    async with services.sessions() as session:
+        total = await session.scalar(select(func.count()).select_from(query.subquery()))
+        rows = (
+            await session.execute(
+                query.order_by(LiveScope.created_at.desc(), LiveScope.id)
+                .limit(limit)
+                .offset(offset)
+            )
+        ).scalars()
+        return page([scope_json(s) for s in rows], total or 0, limit, offset)
+
+
+async def get(request: Request):  # type: ignore[no-untyped-def]
+    services = services_of(request)
+    project = await project_of(request)
+    async with services.sessions() as session:
+        return ok(scope_json(await _find(session, project.project_id, request.path_params["slug"])))
+
+
+async def update(request: Request):  # type: ignore[no-untyped-def]
+    services = services_of(request)
+    project = await project_of(request)
+    body = await read_json(request, services.settings.max_body_bytes)
+    meta = meta_field(body, services.settings.max_meta_bytes)
+    async with services.sessions() as session:
+        scope = await _find(session, project.project_id, request.path_params["slug"])
+        if "allowNewGenerations" in body:
+            scope.allow_new_generations = optional_bool(
+                body, "allowNewGenerations", scope.allow_new_generations
+            )
+        if "newGenerationsLimit" in body:
+            scope.new_generations_limit = optional_int(
+                body, "newGenerationsLimit", scope.new_generations_limit, 0, 1_000_000
+            )
+        if meta is not None:
+            scope.meta = meta
+        scope.updated_at = utcnow()
+        await session.commit()
+        return ok(scope_json(scope))
+
+
+async def delete(request: Request):  # type: ignore[no-untyped-def]
+    services = services_of(request)
+    project = await project_of(request)
+    async with services.sessions() as session:
+        scope = await _find(session, project.project_id, request.path_params["slug"])
+        await session.delete(scope)
+        await session.commit()
+    return ok({"id": scope.id, "slug": scope.slug})
+
+
+routes = [
+    Route("/api/v1/live/scopes", create, methods=["POST"]),
+    Route("/api/v1/live/scopes", list_, methods=["GET"]),
+    Route("/api/v1/live/scopes/{slug}", get, methods=["GET"]),
+    Route("/api/v1/live/scopes/{slug}", update, methods=["PUT"]),
+    Route("/api/v1/live/scopes/{slug}", delete, methods=["DELETE"]),
+]
