@@ -1,0 +1,784 @@
+"""The edge: live images at static-file speed, one paid generation per key.
+
+A raw ASGI callable in front of everything else. Three routes are ours:
+
+    /api/v1/live                          (X-API-Key)
+    /cdn/{org}/{project}/live/{scope}     (public)
+    /cdn/{org}/{project}/img/{id|@alias}  (public)
+
+and every other request goes to `fallback` (the origin's Starlette app in one process).
+A live request reads top to bottom as: parse → key → lookup (L1 → index → manifest) →
+produce (a coalesced miss through the origin) → respond. A hit touches neither Redis, nor
+storage, nor a thread: its status, headers and body were prepared when it entered the L1.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import json
+import logging
+import re
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import unquote_to_bytes
+
+from cache.coalesce import Coalescer, Locks
+from cache.contract import KeyRef, LiveParams, LiveResult, OriginAPI, ProjectRef
+from cache.errors import (
+    ApiError,
+    ImageNotFound,
+    InternalError,
+    NotFound,
+    ProjectNotFound,
+    Unauthorized,
+    UpstreamUnavailable,
+    ValidationError,
+)
+from cache.index import Index, LiveRecord
+from cache.invalidation import Invalidation, InvalidationBus
+from cache.live_key import LiveKey, manifest_key, normalise_prompt
+from cache.lru import Entry, ExpiringMap, Headers, ResponseCache
+from cache.objects import ObjectNotFound, ObjectStore, StorageUnavailable
+from cache.settings import Settings
+
+log = logging.getLogger("banatie.edge")
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+ASPECT_RATIOS = ("1:1", "2:3", "3:2", "3:4", "4:3", "4:5", "5:4", "9:16", "16:9", "21:9")
+TEMPLATES = (
+    "general", "photorealistic", "illustration", "minimalist", "sticker", "product", "comic",
+)  # fmt: skip
+MAX_PROMPT_CHARS = 5000
+LIVE_PARAMS = ("prompt", "aspectRatio", "autoEnhance", "template")
+
+KEY_PATTERN = re.compile(rb"^bnt_[0-9a-f]{64}$")
+SLUG_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+SCOPE_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+UUID_PATTERN = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
+REQUEST_ID_PATTERN = re.compile(rb"^[\x21-\x7e]{1,128}$")
+_BAD_PERCENT = re.compile(rb"%(?![0-9A-Fa-f]{2})")
+
+IMMUTABLE = b"public, max-age=31536000, immutable"
+ALIAS_CACHE_CONTROL = b"public, max-age=60"
+ALIAS_TTL_S = 60.0
+IMAGE_TTL_S = 300.0
+NEGATIVE_TTL_S = 5.0
+MAX_CACHED_REFS = 10_000
+STORAGE_RETRY_AFTER_S = 5
+
+
+class MethodNotAllowed(ApiError):
+    status, code = 405, "METHOD_NOT_ALLOWED"
+
+
+class RangeNotSatisfiable(ApiError):
+    status, code = 416, "RANGE_NOT_SATISFIABLE"
+
+
+class _ResponseStarted(Exception):
+    """Failed after the status line went out: nothing left to do but drop the connection."""
+
+
+@dataclass(slots=True)
+class Request:
+    """What the edge reads from an ASGI scope, once."""
+
+    method: str
+    scope: Scope
+    api_key: bytes | None = None
+    if_none_match: bytes | None = None
+    range: bytes | None = None
+    if_range: bytes | None = None
+    request_id: bytes | None = None
+    forwarded_for: bytes | None = None
+
+    @classmethod
+    def from_scope(cls, scope: Scope) -> Request:
+        request = cls(scope["method"], scope)
+        for name, value in scope["headers"]:
+            if name == b"x-api-key":
+                request.api_key = value
+            elif name == b"if-none-match":
+                request.if_none_match = value
+            elif name == b"range":
+                request.range = value
+            elif name == b"if-range":
+                request.if_range = value
+            elif name == b"x-request-id":
+                request.request_id = value
+            elif name == b"x-forwarded-for":
+                # Several headers are one list, in order.
+                prior = request.forwarded_for
+                request.forwarded_for = value if prior is None else prior + b"," + value
+        return request
+
+    @property
+    def head(self) -> bool:
+        return self.method == "HEAD"
+
+
+@dataclass(frozen=True, slots=True)
+class LiveQuery:
+    prompt: str  # normalised
+    aspect_ratio: str
+    auto_enhance: bool
+    template: str
+
+
+def create_edge(
+    settings: Settings,
+    origin: OriginAPI,
+    store: ObjectStore,
+    index: Index,
+    bus: InvalidationBus,
+    fallback: ASGIApp | None = None,
+) -> Edge:
+    """The edge ASGI app; `fallback` serves every path that is not a live or CDN route."""
+    return Edge(settings, origin, store, index, bus, fallback)
+
+
+class Edge:
+    def __init__(
+        self,
+        settings: Settings,
+        origin: OriginAPI,
+        store: ObjectStore,
+        index: Index,
+        bus: InvalidationBus,
+        fallback: ASGIApp | None = None,
+    ) -> None:
+        self.settings = settings
+        self.origin = origin
+        self.store = store
+        self.index = index
+        self.bus = bus
+        self.fallback = fallback
+        self.l1 = ResponseCache(settings.l1_bytes, settings.l1_max_entry_bytes)
+        self.coalescer: Coalescer[LiveResult] = Coalescer(
+            max_concurrent=settings.max_concurrent_generations,
+            timeout_s=settings.generation_timeout_s * (settings.generation_retries + 1),
+            failure_ttl_s=settings.failure_ttl_s,
+            locks=index if isinstance(index, Locks) else None,
+            lease_ms=settings.lock_lease_ms,
+        )
+        ttl = settings.key_cache_ttl_s
+        self._keys: ExpiringMap[str, KeyRef] = ExpiringMap(ttl, MAX_CACHED_REFS)
+        self._bad_keys: ExpiringMap[str, None] = ExpiringMap(min(ttl, NEGATIVE_TTL_S), MAX_CACHED_REFS)
+        self._projects: ExpiringMap[tuple[str, str], ProjectRef | None] = ExpiringMap(
+            ttl, MAX_CACHED_REFS
+        )
+        self._images: ExpiringMap[tuple[str, str], LiveRecord] = ExpiringMap(
+            IMAGE_TTL_S, MAX_CACHED_REFS
+        )
+        self._trusted = _networks(settings.trusted_proxies)
+        bus.subscribe(self._invalidate)
+
+    # -- ASGI ---------------------------------------------------------------------------------
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            path: str = scope["path"]
+            if path == "/api/v1/live":
+                return await self._guarded(self._api_live, Request.from_scope(scope), send)
+            if path.startswith("/cdn/"):
+                parts = path.split("/")  # "", "cdn", org, project, kind, ref
+                if len(parts) == 6 and parts[4] in ("live", "img"):
+                    route = self._cdn_live if parts[4] == "live" else self._cdn_image
+                    request = Request.from_scope(scope)
+                    return await self._guarded(route, request, send, parts[2], parts[3], parts[5])
+        elif scope["type"] == "lifespan":
+            return await self._lifespan(scope, receive, send)
+        if self.fallback is not None:
+            return await self.fallback(scope, receive, send)
+        if scope["type"] == "http":
+            error = NotFound("No route matches this path.")
+            return await self._send_error(send, Request.from_scope(scope), error)
+        if scope["type"] == "websocket":
+            await send({"type": "websocket.close", "code": 1000})
+
+    async def _guarded(self, route: Callable[..., Awaitable[None]], request: Request, send: Send, *args: str) -> None:
+        """Run a route; every failure becomes an error envelope, never a trace."""
+        try:
+            if request.method not in ("GET", "HEAD"):
+                raise MethodNotAllowed(
+                    "Only GET and HEAD are allowed here.", headers={"Allow": "GET, HEAD"}
+                )
+            await route(request, send, *args)
+        except _ResponseStarted:
+            return
+        except ApiError as e:
+            await self._send_error(send, request, e)
+        except StorageUnavailable as e:
+            log.warning("storage unavailable: %s", e)
+            error = UpstreamUnavailable(
+                "Image storage is unavailable; try again shortly.", STORAGE_RETRY_AFTER_S
+            )
+            await self._send_error(send, request, error)
+        except Exception:
+            log.exception("edge request failed: %s %s", request.method, request.scope["path"])
+            await self._send_error(send, request, InternalError("Internal error."))
+
+    # -- routes -------------------------------------------------------------------------------
+
+    async def _api_live(self, request: Request, send: Send) -> None:
+        ref = await self._authenticate(request.api_key)
+        query = parse_live_query(request.scope["query_string"])
+        key = self._live_key(ref.project_id, "", query)
+
+        def params() -> LiveParams:
+            return _live_params(ref, "", query, key_id=ref.key_id)
+
+        await self._live(request, send, key, ref.organization_slug, ref.project_slug, params, [])
+
+    async def _cdn_live(self, request: Request, send: Send, org: str, project: str, scope: str) -> None:
+        if not SCOPE_PATTERN.match(scope):
+            raise ValidationError(
+                "scope must be 1-64 letters, digits, '_' or '-'.", field="scope"
+            )
+        query = parse_live_query(request.scope["query_string"])
+        ref = await self._project(org, project)
+        key = self._live_key(ref.project_id, scope, query)
+        client_ip = self._client_ip(request)
+
+        def params() -> LiveParams:
+            return _live_params(ref, scope, query, client_ip=client_ip)
+
+        extra = [(b"x-scope", scope.encode())]
+        await self._live(request, send, key, org, project, params, extra)
+
+    async def _cdn_image(self, request: Request, send: Send, org: str, project: str, ref: str) -> None:
+        is_alias = ref.startswith("@")
+        if not is_alias and not UUID_PATTERN.match(ref):
+            raise ImageNotFound("Image not found.")
+        project_ref = await self._project(org, project)
+        cache_key = (project_ref.project_id, ref if is_alias else ref.lower())
+        found, record = self._images.get(cache_key)
+        if not found or record is None:
+            record = await self.origin.image(project_ref.project_id, ref)
+            self._images.set(cache_key, record, ALIAS_TTL_S if is_alias else None)
+        l1_key = "img\x1f" + record.image_id
+        entry = self.l1.get(l1_key)
+        if entry is None:
+            entry = await self._load(record, b"HIT", [])
+            if entry is None:
+                self._images.pop(cache_key)
+                raise ImageNotFound("Image not found.")
+            self.l1.put(l1_key, entry)
+        if is_alias:
+            entry = _with_cache_control(entry, ALIAS_CACHE_CONTROL)
+        await self._respond(request, send, entry)
+
+    # -- the live pipeline: key → lookup → produce → respond ----------------------------------
+
+    def _live_key(self, project_id: str, scope: str, query: LiveQuery) -> LiveKey:
+        # The prompt is already normalised (live_key would do it again).
+        return LiveKey(
+            project_id,
+            scope,
+            query.prompt,
+            query.aspect_ratio,
+            query.auto_enhance,
+            query.template,
+            self.origin.model,
+        )
+
+    async def _live(
+        self,
+        request: Request,
+        send: Send,
+        key: LiveKey,
+        org: str,
+        project: str,
+        params: Callable[[], LiveParams],
+        extra: Headers,
+    ) -> None:
+        canonical = key.canonical
+        entry = self.l1.get(canonical)
+        if entry is not None:
+            return await self._respond(request, send, entry)
+
+        digest = key.digest
+        record = await self._lookup(digest, canonical, org, project)
+        if record is not None:
+            entry = await self._load(record, b"HIT", extra)
+            if entry is not None:
+                self.l1.put(canonical, entry)
+                return await self._respond(request, send, entry)
+            if not self.l1.fits(record.size):
+                return await self._stream(request, send, record, b"HIT", extra)
+            # The record points at bytes that are gone: regenerate through the origin.
+
+        if request.head:
+            raise ImageNotFound("This image is not cached; HEAD never starts a generation.")
+
+        result, ran = await self._produce(digest, canonical, org, project, params)
+        record = result.record
+        status = b"MISS" if result.created else b"HIT"
+        headers = list(extra)
+        if result.created and record.generation_id:
+            headers.append((b"x-generation-id", record.generation_id.encode()))
+        if ran:
+            headers += [(k.lower().encode(), v.encode()) for k, v in result.rate_headers.items()]
+        cached = await self._load(record, b"HIT", extra)
+        if cached is None:
+            if self.l1.fits(record.size):
+                raise ImageNotFound("The generated image is no longer available.")
+            return await self._stream(request, send, record, status, headers)
+        if record.canonical == canonical:
+            self.l1.put(canonical, cached)
+        else:
+            log.warning("origin answered a record for another key (model changed?): %s", digest)
+        entry = _entry(record, cached.body, status, IMMUTABLE, headers)
+        await self._respond(request, send, entry)
+
+    async def _lookup(self, digest: str, canonical: str, org: str, project: str) -> LiveRecord | None:
+        """The record for a key: the index, else the manifest (written back to the index)."""
+        index_up = True
+        try:
+            record = await self.index.get(digest)
+        except ConnectionError:
+            record, index_up = None, False
+        if record is not None:
+            if record.canonical == canonical:
+                return record
+            log.warning("index digest %s holds another key; ignoring it", digest)
+        try:
+            raw = await self.store.read(manifest_key(org, project, digest))
+            record = LiveRecord.from_json(raw)
+        except ObjectNotFound:
+            return None
+        except (ValueError, TypeError):
+            log.warning("unreadable manifest for %s/%s %s", org, project, digest)
+            return None
+        if record.canonical != canonical:
+            return None
+        if index_up:
+            try:
+                await self.index.set(digest, record)
+            except ConnectionError:
+                pass
+        return record
+
+    async def _produce(
+        self,
+        digest: str,
+        canonical: str,
+        org: str,
+        project: str,
+        params: Callable[[], LiveParams],
+    ) -> tuple[LiveResult, bool]:
+        """A coalesced miss; `ran` says whether this request's own call reached the origin."""
+        ran = False
+
+        async def generate() -> LiveResult:
+            nonlocal ran
+            ran = True
+            result = await self.origin.live(params())
+            if result.record.canonical == canonical:
+                try:
+                    await self.index.set(digest, result.record)
+                except ConnectionError:
+                    pass
+            return result
+
+        async def produced_elsewhere() -> LiveResult | None:
+            record = await self._lookup(digest, canonical, org, project)
+            return None if record is None else LiveResult(record, False, {})
+
+        result = await self.coalescer.run(digest, generate, produced_elsewhere)
+        return result, ran
+
+    async def _load(self, record: LiveRecord, status: bytes, extra: Headers) -> Entry | None:
+        """The record as an L1 entry (None: too large for L1, or its bytes are gone)."""
+        if not self.l1.fits(record.size):
+            return None
+        try:
+            body = await self.store.read(record.object_key)
+        except ObjectNotFound:
+            log.warning("image %s missing from storage at %s", record.image_id, record.object_key)
+            return None
+        return _entry(record, body, status, IMMUTABLE, extra)
+
+    # -- respond ------------------------------------------------------------------------------
+
+    async def _respond(self, request: Request, send: Send, entry: Entry) -> None:
+        if request.if_none_match is not None and _etag_matches(request.if_none_match, entry.etag):
+            await send({"type": "http.response.start", "status": 304, "headers": entry.not_modified_headers})
+            await send({"type": "http.response.body", "body": b""})
+            return
+        if request.range is not None:
+            span = _range_for(request, entry.etag, len(entry.body))
+            if span is not None:
+                start, end = span
+                headers = _partial_headers(entry.headers, start, end, len(entry.body))
+                await send({"type": "http.response.start", "status": 206, "headers": headers})
+                body = b"" if request.head else entry.body[start : end + 1]
+                await send({"type": "http.response.body", "body": body})
+                return
+        await send({"type": "http.response.start", "status": entry.status, "headers": entry.headers})
+        await send({"type": "http.response.body", "body": b"" if request.head else entry.body})
+
+    async def _stream(
+        self, request: Request, send: Send, record: LiveRecord, status: bytes, extra: Headers
+    ) -> None:
+        """Serve an image too large for L1 straight from storage, in chunks."""
+        headers, not_modified = _headers(record, status, IMMUTABLE, extra)
+        if request.if_none_match is not None and _etag_matches(request.if_none_match, record.etag):
+            await send({"type": "http.response.start", "status": 304, "headers": not_modified})
+            await send({"type": "http.response.body", "body": b""})
+            return
+        code, start, end = 200, 0, record.size - 1
+        if request.range is not None:
+            span = _range_for(request, record.etag, record.size)
+            if span is not None:
+                code, (start, end) = 206, span
+                headers = _partial_headers(headers, start, end, record.size)
+        if request.head:
+            await send({"type": "http.response.start", "status": code, "headers": headers})
+            await send({"type": "http.response.body", "body": b""})
+            return
+        chunks = self.store.get(record.object_key, start, end)
+        first = await _first_chunk(chunks, record)  # errors here can still become an envelope
+        await send({"type": "http.response.start", "status": code, "headers": headers})
+        try:
+            await send({"type": "http.response.body", "body": first, "more_body": True})
+            async for chunk in chunks:
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            await send({"type": "http.response.body", "body": b""})
+        except Exception as e:
+            log.warning("stream of %s broke off: %s", record.object_key, e)
+            raise _ResponseStarted from e
+        finally:
+            aclose = getattr(chunks, "aclose", None)
+            if aclose is not None:
+                await aclose()
+
+    async def _send_error(self, send: Send, request: Request, error: ApiError) -> None:
+        body = error.body()
+        request_id = request.request_id
+        if request_id is None or not REQUEST_ID_PATTERN.match(request_id):
+            request_id = uuid.uuid4().hex.encode()
+        headers = [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+            (b"cache-control", b"no-store"),
+            (b"x-content-type-options", b"nosniff"),
+            (b"x-request-id", request_id),
+        ]
+        headers += [(k.lower().encode(), v.encode("latin-1")) for k, v in error.headers.items()]
+        await send({"type": "http.response.start", "status": error.status, "headers": headers})
+        await send({"type": "http.response.body", "body": b"" if request.head else body})
+
+    # -- who is asking ------------------------------------------------------------------------
+
+    async def _authenticate(self, api_key: bytes | None) -> KeyRef:
+        """The project key behind X-API-Key, from a short-lived in-process cache of hashes."""
+        if not api_key:
+            raise Unauthorized("An X-API-Key header is required.")
+        key_hash = hashlib.sha256(api_key).hexdigest()
+        found, ref = self._keys.get(key_hash)
+        if found and ref is not None:
+            return ref
+        if self._bad_keys.get(key_hash)[0] or not KEY_PATTERN.match(api_key):
+            raise Unauthorized("The API key is not valid.")
+        ref = await self.origin.key(key_hash)
+        if ref is None:
+            self._bad_keys.set(key_hash, None)
+            raise Unauthorized("The API key is not valid.")
+        self._keys.set(key_hash, ref)
+        return ref
+
+    async def _project(self, org: str, project: str) -> ProjectRef:
+        if not SLUG_PATTERN.match(org) or not SLUG_PATTERN.match(project):
+            raise ProjectNotFound("Project not found.")
+        found, ref = self._projects.get((org, project))
+        if not found:
+            ref = await self.origin.project(org, project)
+            ttl = None if ref is not None else min(self.settings.key_cache_ttl_s, NEGATIVE_TTL_S)
+            self._projects.set((org, project), ref, ttl)
+        if ref is None:
+            raise ProjectNotFound("Project not found.")
+        return ref
+
+    def _client_ip(self, request: Request) -> str | None:
+        """The socket address, or the first untrusted X-Forwarded-For hop behind our proxies."""
+        client = request.scope.get("client")
+        host = client[0] if client else None
+        if host is None or request.forwarded_for is None or not self._is_trusted(host):
+            return host
+        hops = [h.strip() for h in request.forwarded_for.decode("latin-1").split(",")]
+        for hop in reversed(hops):
+            if not hop:
+                continue
+            try:
+                ipaddress.ip_address(hop)
+            except ValueError:
+                return host  # a hop we cannot read: trust nothing beyond our own proxy
+            if not self._is_trusted(hop):
+                return hop
+        return host
+
+    def _is_trusted(self, address: str) -> bool:
+        if not self._trusted:
+            return False
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:
+            return False
+        return any(ip in network for network in self._trusted)
+
+    # -- invalidation and lifespan ------------------------------------------------------------
+
+    def _invalidate(self, event: Invalidation) -> None:
+        """An image is gone: drop its L1 entries and the records that point at it."""
+        self.l1.drop_image(event.image_id)
+        self._images.drop_where(lambda record: record.image_id == event.image_id)
+
+    async def startup(self) -> None:
+        start = getattr(self.origin, "start", None)
+        if start is not None:
+            await start()
+        await self.bus.start()
+
+    async def shutdown(self) -> None:
+        await self.bus.close()
+
+    async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.fallback is None:
+            while True:
+                message = await receive()
+                if message["type"] == "lifespan.startup":
+                    try:
+                        await self.startup()
+                    except Exception as e:
+                        log.exception("edge startup failed")
+                        await send({"type": "lifespan.startup.failed", "message": str(e)})
+                        return
+                    await send({"type": "lifespan.startup.complete"})
+                elif message["type"] == "lifespan.shutdown":
+                    await self.shutdown()
+                    await send({"type": "lifespan.shutdown.complete"})
+                    return
+
+        # The fallback (origin) starts first and stops last: the edge depends on it.
+        async def edge_receive() -> Message:
+            message = await receive()
+            if message["type"] == "lifespan.shutdown":
+                await self.shutdown()
+            return message
+
+        async def edge_send(message: Message) -> None:
+            if message["type"] == "lifespan.startup.complete":
+                try:
+                    await self.startup()
+                except Exception as e:
+                    log.exception("edge startup failed")
+                    message = {"type": "lifespan.startup.failed", "message": str(e)}
+            await send(message)
+
+        await self.fallback(scope, edge_receive, edge_send)
+
+
+# -- parse ------------------------------------------------------------------------------------
+
+
+def parse_live_query(raw: bytes) -> LiveQuery:
+    """The live parameters from a raw query string; anything malformed is a 400."""
+    if _BAD_PERCENT.search(raw):
+        raise ValidationError("The query string has a malformed percent-escape.", field="query")
+    values: dict[str, str] = {}
+    for part in raw.split(b"&"):
+        if not part:
+            continue
+        raw_name, _, raw_value = part.partition(b"=")
+        try:
+            name = unquote_to_bytes(raw_name.replace(b"+", b" ")).decode("utf-8")
+            value = unquote_to_bytes(raw_value.replace(b"+", b" ")).decode("utf-8")
+        except UnicodeDecodeError:
+            raise ValidationError("The query string is not valid UTF-8.", field="query") from None
+        if name not in LIVE_PARAMS:
+            continue  # cache busters and tracking parameters do not change the image
+        if name in values:
+            raise ValidationError(f"{name} is given more than once.", field=name)
+        if "\x00" in value:
+            raise ValidationError(f"{name} contains a NUL character.", field=name)
+        values[name] = value
+
+    if "prompt" not in values:
+        raise ValidationError("prompt is required.", field="prompt")
+    prompt = normalise_prompt(values["prompt"])
+    if not prompt:
+        raise ValidationError("prompt must not be empty.", field="prompt")
+    if len(prompt) > MAX_PROMPT_CHARS:
+        raise ValidationError(
+            f"prompt is longer than {MAX_PROMPT_CHARS} characters.", field="prompt"
+        )
+    ratio = values.get("aspectRatio") or "1:1"
+    if ratio not in ASPECT_RATIOS:
+        raise ValidationError(
+            f"aspectRatio must be one of {', '.join(ASPECT_RATIOS)}.", field="aspectRatio"
+        )
+    enhance = (values.get("autoEnhance") or "true").lower()
+    if enhance not in ("true", "false", "1", "0"):
+        raise ValidationError("autoEnhance must be true or false.", field="autoEnhance")
+    template = values.get("template") or "general"
+    if template not in TEMPLATES:
+        raise ValidationError(
+            f"template must be one of {', '.join(TEMPLATES)}.", field="template"
+        )
+    return LiveQuery(prompt, ratio, enhance in ("true", "1"), template)
+
+
+def _live_params(
+    ref: KeyRef | ProjectRef,
+    scope: str,
+    query: LiveQuery,
+    key_id: str | None = None,
+    client_ip: str | None = None,
+) -> LiveParams:
+    return LiveParams(
+        project_id=ref.project_id,
+        organization_slug=ref.organization_slug,
+        project_slug=ref.project_slug,
+        scope=scope,
+        prompt=query.prompt,
+        aspect_ratio=query.aspect_ratio,
+        auto_enhance=query.auto_enhance,
+        template=query.template,
+        key_id=key_id,
+        client_ip=client_ip,
+    )
+
+
+def _networks(entries: tuple[str, ...]) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    networks = []
+    for entry in entries:
+        try:
+            networks.append(ipaddress.ip_network(entry, strict=False))
+        except ValueError:
+            log.warning("ignoring TRUSTED_PROXIES entry %r: not an address or network", entry)
+    return tuple(networks)
+
+
+# -- respond: headers prepared once -----------------------------------------------------------
+
+
+def _headers(
+    record: LiveRecord, status: bytes, cache_control: bytes, extra: Headers, size: int | None = None
+) -> tuple[Headers, Headers]:
+    """(200 headers, 304 headers) for a record."""
+    caching: Headers = [
+        (b"etag", record.etag.encode("latin-1")),
+        (b"cache-control", cache_control),
+        (b"x-cache-status", status),
+        (b"x-image-id", record.image_id.encode("latin-1")),
+        (b"x-content-type-options", b"nosniff"),
+        *extra,
+    ]
+    full: Headers = [
+        (b"content-type", record.content_type.encode("latin-1")),
+        (b"content-length", str(record.size if size is None else size).encode()),
+        (b"accept-ranges", b"bytes"),
+        *caching,
+    ]
+    return full, caching
+
+
+def _entry(record: LiveRecord, body: bytes, status: bytes, cache_control: bytes, extra: Headers) -> Entry:
+    headers, not_modified = _headers(record, status, cache_control, extra, len(body))
+    return Entry(200, headers, not_modified, body, record.etag, record.image_id)
+
+
+def _with_cache_control(entry: Entry, cache_control: bytes) -> Entry:
+    def swap(headers: Headers) -> Headers:
+        return [(k, cache_control if k == b"cache-control" else v) for k, v in headers]
+
+    return Entry(
+        entry.status, swap(entry.headers), swap(entry.not_modified_headers),
+        entry.body, entry.etag, entry.image_id,
+    )  # fmt: skip
+
+
+def _partial_headers(headers: Headers, start: int, end: int, size: int) -> Headers:
+    partial = [(k, v) for k, v in headers if k != b"content-length"]
+    partial.append((b"content-length", str(end - start + 1).encode()))
+    partial.append((b"content-range", f"bytes {start}-{end}/{size}".encode()))
+    return partial
+
+
+def _etag_matches(header: bytes, etag: str) -> bool:
+    """If-None-Match: `*`, or any listed tag equal under weak comparison."""
+    value = header.decode("latin-1")
+    if value.strip() == "*":
+        return True
+    for tag in value.split(","):
+        tag = tag.strip()
+        if tag.startswith("W/"):
+            tag = tag[2:]
+        if tag == etag:
+            return True
+    return False
+
+
+def _range_for(request: Request, etag: str, size: int) -> tuple[int, int] | None:
+    """The one byte span to send, None for the whole body; unsatisfiable → 416."""
+    assert request.range is not None
+    if request.if_range is not None and request.if_range.decode("latin-1").strip() != etag:
+        return None  # the client's copy is another version: send it all
+    span = parse_range(request.range, size)
+    if span == "unsatisfiable":
+        raise RangeNotSatisfiable(
+            "The requested range is outside the image.",
+            headers={"Content-Range": f"bytes */{size}"},
+        )
+    return span
+
+
+def parse_range(header: bytes, size: int) -> tuple[int, int] | str | None:
+    """A single `bytes=a-b | a- | -n` range as an inclusive span; None to ignore the header
+    (malformed, other units, several ranges); "unsatisfiable" when it misses the body."""
+    value = header.decode("latin-1").strip()
+    if not value.startswith("bytes="):
+        return None
+    spec = value[6:].strip()
+    if "," in spec:
+        return None
+    first, dash, last = spec.partition("-")
+    first, last = first.strip(), last.strip()
+    if not dash or not (first.isdecimal() or last.isdecimal()):
+        return None
+    if not first:
+        suffix = int(last)
+        if suffix == 0 or size == 0:
+            return "unsatisfiable"
+        return max(0, size - suffix), size - 1
+    if last and not last.isdecimal():
+        return None
+    start = int(first)
+    end = int(last) if last else size - 1
+    if end < start:
+        return None
+    if start >= size:
+        return "unsatisfiable"
+    return start, min(end, size - 1)
+
+
+async def _first_chunk(chunks: AsyncIterator[bytes], record: LiveRecord) -> bytes:
+    try:
+        return await chunks.__anext__()
+    except StopAsyncIteration:
+        return b""
+    except ObjectNotFound:
+        raise ImageNotFound("The image is no longer available.") from None
+
+
+def _json(value: Any) -> bytes:  # pragma: no cover - kept for symmetry with the origin
+    return json.dumps(value, separators=(",", ":")).encode()
