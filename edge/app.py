@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
-import json
 import logging
 import re
 import uuid
@@ -62,7 +61,9 @@ LIVE_PARAMS = ("prompt", "aspectRatio", "autoEnhance", "template")
 KEY_PATTERN = re.compile(rb"^bnt_[0-9a-f]{64}$")
 SLUG_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 SCOPE_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
-UUID_PATTERN = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
+UUID_PATTERN = re.compile(
+    r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
+)
 REQUEST_ID_PATTERN = re.compile(rb"^[\x21-\x7e]{1,128}$")
 _BAD_PERCENT = re.compile(rb"%(?![0-9A-Fa-f]{2})")
 
@@ -164,14 +165,17 @@ class Edge:
         self.l1 = ResponseCache(settings.l1_bytes, settings.l1_max_entry_bytes)
         self.coalescer: Coalescer[LiveResult] = Coalescer(
             max_concurrent=settings.max_concurrent_generations,
-            timeout_s=settings.generation_timeout_s * (settings.generation_retries + 1),
+            # Prompt enhancement and the image call are each bounded by the generation timeout.
+            timeout_s=2 * settings.generation_timeout_s,
             failure_ttl_s=settings.failure_ttl_s,
             locks=index if isinstance(index, Locks) else None,
             lease_ms=settings.lock_lease_ms,
         )
         ttl = settings.key_cache_ttl_s
         self._keys: ExpiringMap[str, KeyRef] = ExpiringMap(ttl, MAX_CACHED_REFS)
-        self._bad_keys: ExpiringMap[str, None] = ExpiringMap(min(ttl, NEGATIVE_TTL_S), MAX_CACHED_REFS)
+        self._bad_keys: ExpiringMap[str, None] = ExpiringMap(
+            min(ttl, NEGATIVE_TTL_S), MAX_CACHED_REFS
+        )
         self._projects: ExpiringMap[tuple[str, str], ProjectRef | None] = ExpiringMap(
             ttl, MAX_CACHED_REFS
         )
@@ -204,7 +208,9 @@ class Edge:
         if scope["type"] == "websocket":
             await send({"type": "websocket.close", "code": 1000})
 
-    async def _guarded(self, route: Callable[..., Awaitable[None]], request: Request, send: Send, *args: str) -> None:
+    async def _guarded(
+        self, route: Callable[..., Awaitable[None]], request: Request, send: Send, *args: str
+    ) -> None:
         """Run a route; every failure becomes an error envelope, never a trace."""
         try:
             if request.method not in ("GET", "HEAD"):
@@ -238,11 +244,11 @@ class Edge:
 
         await self._live(request, send, key, ref.organization_slug, ref.project_slug, params, [])
 
-    async def _cdn_live(self, request: Request, send: Send, org: str, project: str, scope: str) -> None:
+    async def _cdn_live(
+        self, request: Request, send: Send, org: str, project: str, scope: str
+    ) -> None:
         if not SCOPE_PATTERN.match(scope):
-            raise ValidationError(
-                "scope must be 1-64 letters, digits, '_' or '-'.", field="scope"
-            )
+            raise ValidationError("scope must be 1-64 letters, digits, '_' or '-'.", field="scope")
         query = parse_live_query(request.scope["query_string"])
         ref = await self._project(org, project)
         key = self._live_key(ref.project_id, scope, query)
@@ -254,7 +260,9 @@ class Edge:
         extra = [(b"x-scope", scope.encode())]
         await self._live(request, send, key, org, project, params, extra)
 
-    async def _cdn_image(self, request: Request, send: Send, org: str, project: str, ref: str) -> None:
+    async def _cdn_image(
+        self, request: Request, send: Send, org: str, project: str, ref: str
+    ) -> None:
         is_alias = ref.startswith("@")
         if not is_alias and not UUID_PATTERN.match(ref):
             raise ImageNotFound("Image not found.")
@@ -339,7 +347,9 @@ class Edge:
         entry = _entry(record, cached.body, status, IMMUTABLE, headers)
         await self._respond(request, send, entry)
 
-    async def _lookup(self, digest: str, canonical: str, org: str, project: str) -> LiveRecord | None:
+    async def _lookup(
+        self, digest: str, canonical: str, org: str, project: str
+    ) -> LiveRecord | None:
         """The record for a key: the index, else the manifest (written back to the index)."""
         index_up = True
         try:
@@ -411,7 +421,13 @@ class Edge:
 
     async def _respond(self, request: Request, send: Send, entry: Entry) -> None:
         if request.if_none_match is not None and _etag_matches(request.if_none_match, entry.etag):
-            await send({"type": "http.response.start", "status": 304, "headers": entry.not_modified_headers})
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 304,
+                    "headers": entry.not_modified_headers,
+                }
+            )
             await send({"type": "http.response.body", "body": b""})
             return
         if request.range is not None:
@@ -423,7 +439,9 @@ class Edge:
                 body = b"" if request.head else entry.body[start : end + 1]
                 await send({"type": "http.response.body", "body": body})
                 return
-        await send({"type": "http.response.start", "status": entry.status, "headers": entry.headers})
+        await send(
+            {"type": "http.response.start", "status": entry.status, "headers": entry.headers}
+        )
         await send({"type": "http.response.body", "body": b"" if request.head else entry.body})
 
     async def _stream(
@@ -446,7 +464,7 @@ class Edge:
             await send({"type": "http.response.body", "body": b""})
             return
         chunks = self.store.get(record.object_key, start, end)
-        first = await _first_chunk(chunks, record)  # errors here can still become an envelope
+        first = await _first_chunk(chunks)  # errors here can still become an envelope
         await send({"type": "http.response.start", "status": code, "headers": headers})
         try:
             await send({"type": "http.response.body", "body": first, "more_body": True})
@@ -631,9 +649,7 @@ def parse_live_query(raw: bytes) -> LiveQuery:
         raise ValidationError("autoEnhance must be true or false.", field="autoEnhance")
     template = values.get("template") or "general"
     if template not in TEMPLATES:
-        raise ValidationError(
-            f"template must be one of {', '.join(TEMPLATES)}.", field="template"
-        )
+        raise ValidationError(f"template must be one of {', '.join(TEMPLATES)}.", field="template")
     return LiveQuery(prompt, ratio, enhance in ("true", "1"), template)
 
 
@@ -658,7 +674,9 @@ def _live_params(
     )
 
 
-def _networks(entries: tuple[str, ...]) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+def _networks(
+    entries: tuple[str, ...],
+) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
     networks = []
     for entry in entries:
         try:
@@ -692,7 +710,9 @@ def _headers(
     return full, caching
 
 
-def _entry(record: LiveRecord, body: bytes, status: bytes, cache_control: bytes, extra: Headers) -> Entry:
+def _entry(
+    record: LiveRecord, body: bytes, status: bytes, cache_control: bytes, extra: Headers
+) -> Entry:
     headers, not_modified = _headers(record, status, cache_control, extra, len(body))
     return Entry(200, headers, not_modified, body, record.etag, record.image_id)
 
@@ -771,14 +791,10 @@ def parse_range(header: bytes, size: int) -> tuple[int, int] | str | None:
     return start, min(end, size - 1)
 
 
-async def _first_chunk(chunks: AsyncIterator[bytes], record: LiveRecord) -> bytes:
+async def _first_chunk(chunks: AsyncIterator[bytes]) -> bytes:
     try:
         return await chunks.__anext__()
     except StopAsyncIteration:
         return b""
     except ObjectNotFound:
         raise ImageNotFound("The image is no longer available.") from None
-
-
-def _json(value: Any) -> bytes:  # pragma: no cover - kept for symmetry with the origin
-    return json.dumps(value, separators=(",", ":")).encode()

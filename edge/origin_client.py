@@ -71,10 +71,8 @@ class HttpOrigin:
             timeout=httpx.Timeout(10.0, connect=2.0),
             transport=transport,
         )
-        # A generation may take the model's whole timeout, retries included.
-        self._live_timeout = httpx.Timeout(
-            settings.generation_timeout_s * (settings.generation_retries + 1) + 10.0, connect=2.0
-        )
+        # Longer than the edge's own wait (2 x the generation timeout), which answers 504 first.
+        self._live_timeout = httpx.Timeout(2 * settings.generation_timeout_s + 10.0, connect=2.0)
         self._model: str | None = None
         self._model_checked_at = 0.0
         self._refreshing: asyncio.Task[None] | None = None
@@ -102,7 +100,9 @@ class HttpOrigin:
         return None if data is None else KeyRef(**_fields(data, KeyRef))
 
     async def project(self, organization_slug: str, project_slug: str) -> ProjectRef | None:
-        path = f"/internal/projects/{quote(organization_slug, safe='')}/{quote(project_slug, safe='')}"
+        path = (
+            f"/internal/projects/{quote(organization_slug, safe='')}/{quote(project_slug, safe='')}"
+        )
         data = await self._get(path, missing_ok=True)
         return None if data is None else ProjectRef(**_fields(data, ProjectRef))
 

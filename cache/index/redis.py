@@ -170,8 +170,8 @@ class RedisIndex:
         """Tell every process waiting on `digest` that its record is in the index."""
         await self._call(lambda: self._redis.publish(READY_CHANNEL, digest))
 
-    async def wait_ready(self, digest: str, timeout: float) -> bool:
-        """Wait up to `timeout` for a ready notification; False on timeout (or Redis down).
+    async def wait_ready(self, digest: str, wait_s: float) -> bool:
+        """Wait up to `wait_s` for a ready notification; False on timeout (or Redis down).
 
         Pub/sub may drop messages, so callers re-check the index after this either way.
         """
@@ -180,7 +180,7 @@ class RedisIndex:
         waiters = self._waiters.setdefault(digest, set())
         waiters.add(future)
         try:
-            await asyncio.wait_for(future, timeout)
+            await asyncio.wait_for(future, wait_s)
             return True
         except TimeoutError:
             return False
