@@ -112,6 +112,7 @@ class RedisIndex:
         self._waiters: dict[str, set[asyncio.Future[None]]] = {}
         self._listener: asyncio.Task[None] | None = None
         self._closed = False
+        self.listening = asyncio.Event()  # set while the ready listener holds its subscription
 
     @classmethod
     def from_url(cls, url: str, socket_timeout: float = SOCKET_TIMEOUT_S) -> RedisIndex:
@@ -230,6 +231,7 @@ class RedisIndex:
             pubsub = self._redis.pubsub()
             try:
                 await pubsub.subscribe(READY_CHANNEL)
+                self.listening.set()
                 while True:
                     message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
                     if message is not None and message.get("type") == "message":
@@ -237,6 +239,7 @@ class RedisIndex:
             except asyncio.CancelledError:
                 raise
             except (*_DOWN_ERRORS, RedisError) as e:
+                self.listening.clear()
                 self._mark_down(e)
             finally:
                 with contextlib.suppress(Exception):

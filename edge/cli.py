@@ -1,0 +1,117 @@
+"""The `banatie` command."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+
+from cache.settings import Settings, SettingsError
+
+
+def _run(target: str, settings: Settings, host: str | None, port: int | None, workers: int) -> None:
+    import uvicorn
+
+    uvicorn.run(
+        target,
+        factory=True,
+        host=host or settings.host,
+        port=port or settings.port,
+        workers=workers,
+        loop="uvloop",
+        http="httptools",
+        log_level=settings.log_level,
+        access_log=False,
+        lifespan="on",
+        timeout_graceful_shutdown=int(settings.generation_timeout_s),
+    )
+
+
+async def _migrate(settings: Settings) -> None:
+    from origin.db import make_engine, migrate
+
+    engine = make_engine(settings.resolved_database_url)
+    try:
+        await migrate(engine)
+    finally:
+        await engine.dispose()
+
+
+async def _create_key(settings: Settings, args: argparse.Namespace) -> None:
+    from origin.db import make_engine, migrate, sessions
+    from origin.keys import check_slug, create_key
+
+    engine = make_engine(settings.resolved_database_url)
+    try:
+        await migrate(engine)
+        async with sessions(engine)() as session:
+            if args.master:
+                created = await create_key(session, "master", name=args.name)
+            else:
+                created = await create_key(
+                    session,
+                    "project",
+                    check_slug(args.org, "--org"),
+                    check_slug(args.project, "--project"),
+                    args.name,
+                    args.expires_in_days,
+                )
+            await session.commit()
+    finally:
+        await engine.dispose()
+    print(created.secret)
+    if not args.master:
+        print(
+            f"project key for {args.org}/{args.project} (shown once). Try:\n"
+            f"  {settings.public_url}/cdn/{args.org}/{args.project}/live/demo?prompt=hello",
+            file=sys.stderr,
+        )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="banatie", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, text in (
+        ("serve", "edge and origin in one process (embedded defaults)"),
+        ("origin", "the origin (REST API) alone"),
+        ("edge", "an edge alone, reaching the origin over HTTP (ORIGIN_URL, SERVICE_TOKEN)"),
+    ):
+        cmd = sub.add_parser(name, help=text)
+        cmd.add_argument("--host")
+        cmd.add_argument("--port", type=int)
+        cmd.add_argument("--workers", type=int, default=1)
+    sub.add_parser("migrate", help="apply database migrations")
+    keys = sub.add_parser("keys", help="manage API keys").add_subparsers(dest="keys", required=True)
+    create = keys.add_parser("create", help="create a key and print it once")
+    create.add_argument("--org", default="default")
+    create.add_argument("--project", default="default")
+    create.add_argument("--name")
+    create.add_argument("--expires-in-days", type=int)
+    create.add_argument("--master", action="store_true", help="a master key instead")
+    args = parser.parse_args(argv)
+    try:
+        settings = Settings.from_env()
+    except SettingsError as exc:
+        parser.error(str(exc))
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
+    )
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    if args.command in ("serve", "origin", "edge"):
+        target = {
+            "serve": "edge.server:one_process_app",
+            "origin": "edge.server:origin_app",
+            "edge": "edge.server:edge_app",
+        }[args.command]
+        _run(target, settings, args.host, args.port, args.workers)
+    elif args.command == "migrate":
+        asyncio.run(_migrate(settings))
+        print("database is up to date", file=sys.stderr)
+    elif args.command == "keys":
+        asyncio.run(_create_key(settings, args))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

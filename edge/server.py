@@ -1,0 +1,139 @@
+"""Process layouts: one process (edge in front of the origin), or each on its own."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from cache.index import open_index
+from cache.invalidation import InvalidationBus, LocalBus
+from cache.objects import open_store
+from cache.settings import Settings
+from edge.app import create_edge
+from origin.app import create_origin
+from origin.edge_api import InProcessOrigin
+from origin.keys import any_project_exists, create_key
+from origin.services import Services, open_services
+
+log = logging.getLogger("banatie")
+
+
+class Lazy:
+    """An ASGI app built at lifespan startup, inside the server's event loop."""
+
+    def __init__(self, build, settings: Settings) -> None:  # type: ignore[no-untyped-def]
+        self._build = build
+        self._settings = settings
+        self._app: ASGIApp | None = None
+        self._close = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            while True:
+                message = await receive()
+                if message["type"] == "lifespan.startup":
+                    try:
+                        self._app, self._close = await self._build(self._settings)
+                    except Exception as exc:
+                        log.exception("startup failed")
+                        await send({"type": "lifespan.startup.failed", "message": str(exc)})
+                        return
+                    await send({"type": "lifespan.startup.complete"})
+                elif message["type"] == "lifespan.shutdown":
+                    if self._close is not None:
+                        await self._close()
+                    await send({"type": "lifespan.shutdown.complete"})
+                    return
+        assert self._app is not None, "the app is served before lifespan startup"
+        await self._app(scope, receive, send)
+
+
+async def _start_bus(bus: InvalidationBus) -> None:
+    await bus.start()
+
+
+async def build_one_process(settings: Settings):  # type: ignore[no-untyped-def]
+    """Edge in front, origin mounted behind it, the miss call made in-process."""
+    services = await open_services(settings)
+    if settings.storage_backend == "local":
+        await services.store.check()
+    await _bootstrap_default_project(services)
+    origin = create_origin(settings, services)
+    edge = create_edge(
+        settings, InProcessOrigin(services), services.store, services.index, services.bus, origin
+    )
+    await _start_bus(services.bus)
+    log.info(
+        "banatie serving on %s (generator %s, storage %s, index %s)",
+        settings.public_url,
+        services.generator.name,
+        settings.storage_backend,
+        "redis" if settings.redis_url else "in-process",
+    )
+    return edge, services.close
+
+
+async def build_origin(settings: Settings):  # type: ignore[no-untyped-def]
+    services = await open_services(settings)
+    if not settings.service_token:
+        log.warning("SERVICE_TOKEN is not set: edge processes cannot reach this origin")
+    return create_origin(settings, services), services.close
+
+
+async def build_edge(settings: Settings):  # type: ignore[no-untyped-def]
+    from edge.origin_client import HttpOrigin
+
+    store = open_store(settings)
+    index = open_index(settings)
+    bus: InvalidationBus = LocalBus()
+    if settings.redis_url:
+        from cache.invalidation import RedisBus
+
+        bus = RedisBus.from_url(settings.redis_url)
+    else:
+        log.warning("REDIS_URL is not set: deletes made at the origin won't reach this edge")
+    origin = HttpOrigin(settings)
+    await origin.start()
+    edge = create_edge(settings, origin, store, index, bus, None)
+    await _start_bus(bus)
+
+    async def close() -> None:
+        for closer in (origin.close, bus.close, index.close, store.close):
+            await closer()
+
+    return edge, close
+
+
+async def _bootstrap_default_project(services: Services) -> None:
+    """First start on an empty database: a default project and a key to try it with."""
+    if not services.settings.bootstrap_default_project:
+        return
+    async with services.sessions() as session:
+        if await any_project_exists(session):
+            return
+        created = await create_key(session, "project", "default", "default", "first key")
+        await session.commit()
+    url = services.settings.public_url
+    print(
+        "\n  banatie: created project default/default. Your project key (shown once):\n"
+        f"    {created.secret}\n"
+        "  Paste this into a browser for a live image:\n"
+        f"    {url}/cdn/default/default/live/demo?prompt=a%20lighthouse%20at%20dawn"
+        "&aspectRatio=16:9\n",
+        file=sys.stderr,
+        flush=True,
+    )
+
+
+def one_process_app() -> Lazy:
+    return Lazy(build_one_process, Settings.from_env())
+
+
+def origin_app() -> Lazy:
+    return Lazy(build_origin, Settings.from_env())
+
+
+def edge_app() -> Lazy:
+    return Lazy(build_edge, Settings.from_env())
