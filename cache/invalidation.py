@@ -16,6 +16,7 @@ from redis.exceptions import RedisError
 log = logging.getLogger("banatie.invalidation")
 
 CHANNEL = "banatie:invalidate"
+EVERYTHING = "*"  # image id of the event a bus sends when it may have missed some
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,10 +66,16 @@ class RedisBus:
     `publish` also calls this process's listeners directly (and the listener skips its own
     messages), so the local edge drops its entries even while Redis is down. A publish that
     cannot reach Redis is logged, not raised: the delete it reports has already happened.
+
+    Pub/sub keeps nothing for a listener that is away, so after the listener loses Redis and
+    subscribes again it delivers `Invalidation(EVERYTHING, ())`: listeners drop whatever
+    they cached, as they may have missed a delete. (Its connection never retries silently,
+    so no such gap goes unnoticed.)
     """
 
-    def __init__(self, client: Any, retry_s: float = 1.0) -> None:
+    def __init__(self, client: Any, listen_client: Any = None, retry_s: float = 1.0) -> None:
         self._redis = client
+        self._listen_redis = listen_client if listen_client is not None else client
         self._retry_s = retry_s
         self._listeners: list[Listener] = []
         self._task: asyncio.Task[None] | None = None
@@ -79,7 +86,7 @@ class RedisBus:
     def from_url(cls, url: str) -> RedisBus:
         from cache.index.redis import connect
 
-        return cls(connect(url))
+        return cls(connect(url), listen_client=connect(url, retries=0))
 
     def subscribe(self, listener: Listener) -> None:
         self._listeners.append(listener)
@@ -109,14 +116,25 @@ class RedisBus:
                 await self._task
             self._task = None
         self.subscribed.clear()
+        clients = [self._redis] + (
+            [self._listen_redis] if self._listen_redis is not self._redis else []
+        )
+        for client in clients:
+            with contextlib.suppress(Exception):
+                await client.aclose()
 
     async def _listen(self) -> None:
         """Subscribe, deliver, and on any Redis error wait a moment and subscribe again."""
+        lost = False
         while True:
-            pubsub = self._redis.pubsub()
+            pubsub = self._listen_redis.pubsub()
             try:
                 await pubsub.subscribe(CHANNEL)
                 self.subscribed.set()
+                if lost:
+                    log.info("invalidation listener is back; dropping cached entries")
+                    await self._dispatch(Invalidation(EVERYTHING, ()))
+                    lost = False
                 while True:
                     message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
                     if message is not None and message.get("type") == "message":
@@ -127,6 +145,7 @@ class RedisBus:
                 if self.subscribed.is_set():
                     log.warning("invalidation listener lost Redis (%s); reconnecting", e)
                 self.subscribed.clear()
+                lost = True
             finally:
                 with contextlib.suppress(Exception):
                     await pubsub.aclose()

@@ -86,6 +86,7 @@ class Settings:
     key_cache_ttl_s: float = 30.0
     failure_ttl_s: float = 5.0
     log_level: str = "info"
+    log_format: str = "text"  # text | json
 
     @property
     def generator_name(self) -> str:
@@ -152,6 +153,7 @@ class Settings:
             key_cache_ttl_s=_float(e, "KEY_CACHE_TTL_S", cls.key_cache_ttl_s),
             failure_ttl_s=_float(e, "FAILURE_TTL_S", cls.failure_ttl_s),
             log_level=_str(e, "LOG_LEVEL", cls.log_level),
+            log_format=_str(e, "LOG_FORMAT", cls.log_format),
         )
         known = {f.name for f in fields(cls)}
         for name, value in overrides.items():

@@ -37,7 +37,7 @@ from cache.errors import (
     ValidationError,
 )
 from cache.index import Index, LiveRecord
-from cache.invalidation import Invalidation, InvalidationBus
+from cache.invalidation import EVERYTHING, Invalidation, InvalidationBus
 from cache.live_key import LiveKey, manifest_key, normalise_prompt
 from cache.lru import Entry, ExpiringMap, Headers, ResponseCache
 from cache.objects import ObjectNotFound, ObjectStore, StorageUnavailable
@@ -557,6 +557,10 @@ class Edge:
 
     def _invalidate(self, event: Invalidation) -> None:
         """An image is gone: drop its L1 entries and the records that point at it."""
+        if event.image_id == EVERYTHING:  # the bus may have missed deletes
+            self.l1.clear()
+            self._images.clear()
+            return
         self.l1.drop_image(event.image_id)
         self._images.drop_where(lambda record: record.image_id == event.image_id)
 

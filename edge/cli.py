@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import sys
 
+from cache.logs import configure_logging
 from cache.settings import Settings, SettingsError
 
 
@@ -22,6 +22,7 @@ def _run(target: str, settings: Settings, host: str | None, port: int | None, wo
         loop="uvloop",
         http="httptools",
         log_level=settings.log_level,
+        log_config=None,
         access_log=False,
         lifespan="on",
         timeout_graceful_shutdown=int(settings.generation_timeout_s),
@@ -69,6 +70,30 @@ async def _create_key(settings: Settings, args: argparse.Namespace) -> None:
         )
 
 
+async def _gc(settings: Settings, args: argparse.Namespace) -> None:
+    from cache.objects import open_store
+    from origin.db import make_engine, sessions
+    from origin.gc import sweep
+
+    engine = make_engine(settings.resolved_database_url)
+    store = open_store(settings)
+    try:
+        result = await sweep(
+            store,
+            sessions(engine),
+            delete=args.delete,
+            grace_s=args.grace,
+            progress=lambda line: print(line, file=sys.stderr),
+        )
+    finally:
+        await store.close()
+        await engine.dispose()
+    for key in result.orphans:
+        print(key)
+    if not args.delete and result.orphans:
+        print("dry run: nothing removed (pass --delete to remove these)", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="banatie", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -82,6 +107,9 @@ def main(argv: list[str] | None = None) -> int:
         cmd.add_argument("--port", type=int)
         cmd.add_argument("--workers", type=int, default=1)
     sub.add_parser("migrate", help="apply database migrations")
+    gc = sub.add_parser("gc", help="list (or --delete) stored objects no row refers to")
+    gc.add_argument("--delete", action="store_true", help="remove them (default: dry run)")
+    gc.add_argument("--grace", type=float, default=30.0, help="seconds to re-check before removal")
     keys = sub.add_parser("keys", help="manage API keys").add_subparsers(dest="keys", required=True)
     create = keys.add_parser("create", help="create a key and print it once")
     create.add_argument("--org", default="default")
@@ -94,10 +122,7 @@ def main(argv: list[str] | None = None) -> int:
         settings = Settings.from_env()
     except SettingsError as exc:
         parser.error(str(exc))
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
-    )
-    logging.getLogger("alembic").setLevel(logging.WARNING)
+    configure_logging(settings.log_level, settings.log_format)
     if args.command in ("serve", "origin", "edge"):
         target = {
             "serve": "edge.server:one_process_app",
@@ -108,6 +133,8 @@ def main(argv: list[str] | None = None) -> int:
     elif args.command == "migrate":
         asyncio.run(_migrate(settings))
         print("database is up to date", file=sys.stderr)
+    elif args.command == "gc":
+        asyncio.run(_gc(settings, args))
     elif args.command == "keys":
         asyncio.run(_create_key(settings, args))
     return 0

@@ -8,6 +8,7 @@ import sys
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from cache.index import open_index
+from cache.logs import configure_logging
 from cache.invalidation import InvalidationBus, LocalBus
 from cache.objects import open_store
 from cache.settings import Settings
@@ -34,6 +35,8 @@ class Lazy:
             while True:
                 message = await receive()
                 if message["type"] == "lifespan.startup":
+                    # Worker processes start fresh: configure their logging here too.
+                    configure_logging(self._settings.log_level, self._settings.log_format)
                     try:
                         self._app, self._close = await self._build(self._settings)
                     except Exception as exc:

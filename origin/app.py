@@ -16,6 +16,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from cache.errors import ApiError, InternalError, NotFound, ValidationError
+from cache.logs import request_id as request_id_var
 from cache.settings import Settings
 from origin import edge_api
 from origin.envelope import JSONResponse, ok
@@ -76,6 +77,7 @@ class RequestId:
         if not request_id:
             request_id = uuid.uuid4().hex.encode()
         scope.setdefault("state", {})["request_id"] = request_id.decode()
+        request_id_var.set(request_id.decode())
 
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":

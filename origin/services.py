@@ -44,6 +44,10 @@ class Services:
         return task
 
     async def close(self) -> None:
+        """Let background generations finish (up to the generation timeout), then disconnect."""
+        if self.background:
+            log.info("waiting for %d background generations", len(self.background))
+            await asyncio.wait(self.background, timeout=self.settings.generation_timeout_s)
         for closer in (self.generator.close, self.index.close, self.bus.close, self.store.close):
             try:
                 await closer()

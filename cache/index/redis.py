@@ -70,8 +70,14 @@ return 0
 """
 
 
-def connect(url: str, socket_timeout: float = SOCKET_TIMEOUT_S) -> aioredis.Redis | RedisCluster:
-    """A client for `url`: RedisCluster for `redis+cluster://` or `?cluster=true`, else Redis."""
+def connect(
+    url: str, socket_timeout: float = SOCKET_TIMEOUT_S, retries: int = 1
+) -> aioredis.Redis | RedisCluster:
+    """A client for `url`: RedisCluster for `redis+cluster://` or `?cluster=true`, else Redis.
+
+    `retries` immediate retries per command: one replaces a pooled connection gone stale after
+    a Redis restart on the spot, while a server that is really down still fails fast.
+    """
     parts = urlsplit(url)
     query = parse_qsl(parts.query, keep_blank_values=True)
     cluster_flag = [v for k, v in query if k == "cluster"]
@@ -86,9 +92,7 @@ def connect(url: str, socket_timeout: float = SOCKET_TIMEOUT_S) -> aioredis.Redi
     options: dict[str, Any] = dict(
         socket_timeout=socket_timeout,
         socket_connect_timeout=socket_timeout,
-        # One immediate retry: a pooled connection gone stale after a Redis restart is
-        # replaced on the spot; a server that is really down fails twice, fast.
-        retry=Retry(NoBackoff(), 1),
+        retry=Retry(NoBackoff(), retries),
     )
     if cluster:
         return RedisCluster.from_url(plain, **options)
