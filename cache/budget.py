@@ -6,6 +6,8 @@ import time
 from dataclasses import dataclass
 from typing import Protocol
 
+from redis.exceptions import RedisError
+
 
 @dataclass(frozen=True, slots=True)
 class BudgetState:
@@ -56,12 +58,26 @@ class MemoryBudget:
 
 
 class RedisBudget:
-    """INCR on a key named for the window; the key expires with it."""
+    """INCR on a key named for the window; the key expires with it. While Redis is down each
+    process counts on its own, so budgets stay enforced (per process) instead of failing."""
 
     def __init__(self, redis) -> None:  # type: ignore[no-untyped-def]
         self._redis = redis
+        self._local = MemoryBudget()
 
     async def take(self, name: str, limit: int, window_s: int = 3600) -> BudgetState:
+        try:
+            return await self._take(name, limit, window_s)
+        except (RedisError, OSError):
+            return await self._local.take(name, limit, window_s)
+
+    async def peek(self, name: str, limit: int, window_s: int = 3600) -> BudgetState:
+        try:
+            return await self._peek(name, limit, window_s)
+        except (RedisError, OSError):
+            return await self._local.peek(name, limit, window_s)
+
+    async def _take(self, name: str, limit: int, window_s: int) -> BudgetState:
         start = int(time.time()) // window_s * window_s
         key = f"budget:{{{name}}}:{start}"
         used = await self._redis.incr(key)
@@ -71,7 +87,7 @@ class RedisBudget:
             return BudgetState(False, limit, 0, start + window_s)
         return BudgetState(True, limit, limit - used, start + window_s)
 
-    async def peek(self, name: str, limit: int, window_s: int = 3600) -> BudgetState:
+    async def _peek(self, name: str, limit: int, window_s: int) -> BudgetState:
         start = int(time.time()) // window_s * window_s
         used = int(await self._redis.get(f"budget:{{{name}}}:{start}") or 0)
         return BudgetState(used < limit, limit, max(0, limit - used), start + window_s)

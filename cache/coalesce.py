@@ -10,6 +10,9 @@ Across processes (when given `locks`, e.g. a RedisIndex), the task's leader hold
 notification or poll `check` with a backoff of 50 ms → 500 ms, and take the lock over when
 the lease lapses without a result. If Redis is down, the in-process task simply produces:
 the origin's unique live row is the last guard against paying twice.
+
+The cap on concurrent work counts the keys in flight in this process, whether it generates
+them or waits on another process's lock: either way the count is bounded and nothing queues.
 """
 
 from __future__ import annotations

@@ -109,6 +109,7 @@ class Settings:
         """Read every setting from `env` (default: os.environ); `overrides` win."""
         e = dict(os.environ if env is None else env)
         data_dir = Path(_str(e, "DATA_DIR", "./data"))
+        port = _int(e, "PORT", cls.port)
         values: dict[str, object] = dict(
             data_dir=data_dir,
             database_url=_str(e, "DATABASE_URL", ""),
@@ -128,9 +129,11 @@ class Settings:
             generator=_str(e, "GENERATOR", ""),
             generation_timeout_s=_float(e, "GENERATION_TIMEOUT_S", cls.generation_timeout_s),
             generation_retries=_int(e, "GENERATION_RETRIES", cls.generation_retries),
-            public_url=_str(e, "PUBLIC_URL", cls.public_url).rstrip("/"),
+            public_url=_str(
+                e, "PUBLIC_URL", f"http://localhost:{_int(e, 'PORT', cls.port)}"
+            ).rstrip("/"),
             host=_str(e, "HOST", cls.host),
-            port=_int(e, "PORT", cls.port),
+            port=port,
             origin_url=_str(e, "ORIGIN_URL", cls.origin_url).rstrip("/"),
             service_token=_str(e, "SERVICE_TOKEN", ""),
             bootstrap_default_project=_bool(e, "BOOTSTRAP_DEFAULT_PROJECT", True),

@@ -14,6 +14,7 @@ storage, nor a thread: its status, headers and body were prepared when it entere
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import ipaddress
 import logging
@@ -74,6 +75,8 @@ IMAGE_TTL_S = 300.0
 NEGATIVE_TTL_S = 5.0
 MAX_CACHED_REFS = 10_000
 STORAGE_RETRY_AFTER_S = 5
+MEMO_QUERIES = 4096  # parsed query strings kept, each at most MEMO_QUERY_BYTES long
+MEMO_QUERY_BYTES = 2048
 
 
 class MethodNotAllowed(ApiError):
@@ -183,6 +186,7 @@ class Edge:
             IMAGE_TTL_S, MAX_CACHED_REFS
         )
         self._trusted = _networks(settings.trusted_proxies)
+        self._parsed = functools.lru_cache(maxsize=MEMO_QUERIES)(parse_live_query)
         bus.subscribe(self._invalidate)
 
     # -- ASGI ---------------------------------------------------------------------------------
@@ -236,7 +240,7 @@ class Edge:
 
     async def _api_live(self, request: Request, send: Send) -> None:
         ref = await self._authenticate(request.api_key)
-        query = parse_live_query(request.scope["query_string"])
+        query = self._parse(request.scope["query_string"])
         key = self._live_key(ref.project_id, "", query)
 
         def params() -> LiveParams:
@@ -249,13 +253,12 @@ class Edge:
     ) -> None:
         if not SCOPE_PATTERN.match(scope):
             raise ValidationError("scope must be 1-64 letters, digits, '_' or '-'.", field="scope")
-        query = parse_live_query(request.scope["query_string"])
+        query = self._parse(request.scope["query_string"])
         ref = await self._project(org, project)
         key = self._live_key(ref.project_id, scope, query)
-        client_ip = self._client_ip(request)
 
         def params() -> LiveParams:
-            return _live_params(ref, scope, query, client_ip=client_ip)
+            return _live_params(ref, scope, query, client_ip=self._client_ip(request))
 
         extra = [(b"x-scope", scope.encode())]
         await self._live(request, send, key, org, project, params, extra)
@@ -272,19 +275,28 @@ class Edge:
         if not found or record is None:
             record = await self.origin.image(project_ref.project_id, ref)
             self._images.set(cache_key, record, ALIAS_TTL_S if is_alias else None)
+        cache_control = ALIAS_CACHE_CONTROL if is_alias else IMMUTABLE
         l1_key = "img\x1f" + record.image_id
         entry = self.l1.get(l1_key)
         if entry is None:
+            if not self.l1.fits(record.size):
+                return await self._stream(request, send, record, b"HIT", [], cache_control)
             entry = await self._load(record, b"HIT", [])
             if entry is None:
                 self._images.pop(cache_key)
                 raise ImageNotFound("Image not found.")
             self.l1.put(l1_key, entry)
         if is_alias:
-            entry = _with_cache_control(entry, ALIAS_CACHE_CONTROL)
+            entry = _with_cache_control(entry, cache_control)
         await self._respond(request, send, entry)
 
-    # -- the live pipeline: key → lookup → produce → respond ----------------------------------
+    # -- the live pipeline: parse → key → lookup → produce → respond --------------------------
+
+    def _parse(self, raw: bytes) -> LiveQuery:
+        # Hot URLs repeat byte for byte: remember their parse (failures are not remembered).
+        if len(raw) <= MEMO_QUERY_BYTES:
+            return self._parsed(raw)
+        return parse_live_query(raw)
 
     def _live_key(self, project_id: str, scope: str, query: LiveQuery) -> LiveKey:
         # The prompt is already normalised (live_key would do it again).
@@ -445,10 +457,16 @@ class Edge:
         await send({"type": "http.response.body", "body": b"" if request.head else entry.body})
 
     async def _stream(
-        self, request: Request, send: Send, record: LiveRecord, status: bytes, extra: Headers
+        self,
+        request: Request,
+        send: Send,
+        record: LiveRecord,
+        status: bytes,
+        extra: Headers,
+        cache_control: bytes = IMMUTABLE,
     ) -> None:
         """Serve an image too large for L1 straight from storage, in chunks."""
-        headers, not_modified = _headers(record, status, IMMUTABLE, extra)
+        headers, not_modified = _headers(record, status, cache_control, extra)
         if request.if_none_match is not None and _etag_matches(request.if_none_match, record.etag):
             await send({"type": "http.response.start", "status": 304, "headers": not_modified})
             await send({"type": "http.response.body", "body": b""})
@@ -788,8 +806,8 @@ def parse_range(header: bytes, size: int) -> tuple[int, int] | str | None:
         return None
     start = int(first)
     end = int(last) if last else size - 1
-    if end < start:
-        return None
+    if last and end < start:
+        return None  # invalid: ignored, as RFC 9110 says
     if start >= size:
         return "unsatisfiable"
     return start, min(end, size - 1)

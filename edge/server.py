@@ -8,8 +8,8 @@ import sys
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from cache.index import open_index
-from cache.logs import configure_logging
 from cache.invalidation import InvalidationBus, LocalBus
+from cache.logs import configure_logging
 from cache.objects import open_store
 from cache.settings import Settings
 from edge.app import create_edge

@@ -49,6 +49,7 @@ async def on_http_error(request: Request, exc: Exception) -> Response:
         err = ValidationError("Method not allowed on this route.")
         err.status = 405  # type: ignore[misc]
         err.code = "METHOD_NOT_ALLOWED"  # type: ignore[misc]
+        err.headers = dict(exc.headers or {})
         return error_response(err)
     err = ApiError(str(exc.detail), code="HTTP_ERROR")
     err.status = exc.status_code  # type: ignore[misc]

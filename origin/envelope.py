@@ -10,9 +10,11 @@ from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.routing import Route
 
 from cache.errors import PayloadTooLarge, ValidationError
 
+MAX_OFFSET = 2**62  # past any real table; keeps the value inside a BIGINT
 UUID_PATTERN = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 
 
@@ -52,20 +54,20 @@ def pagination(request: Request) -> tuple[int, int]:
     """`limit` (default 20, clamped to 100) and `offset`; junk or negatives → 400."""
     limit = _non_negative_int(request.query_params.get("limit"), "limit", 20)
     offset = _non_negative_int(request.query_params.get("offset"), "offset", 0)
-    return min(limit, 100), offset
+    return min(limit, 100), min(offset, MAX_OFFSET)
 
 
 def _non_negative_int(raw: str | None, field: str, default: int) -> int:
-    if raw is None or raw == "":
+    if raw is None:
         return default
-    if not re.fullmatch(r"\d{1,9}", raw):
+    if not re.fullmatch(r"\d{1,100}", raw):
         raise ValidationError(f"{field} must be a non-negative integer.", field=field)
     return int(raw)
 
 
 def query_bool(request: Request, field: str, default: bool = False) -> bool:
     raw = request.query_params.get(field)
-    if raw is None or raw == "":
+    if raw is None:
         return default
     if raw.lower() in ("true", "1"):
         return True
@@ -134,6 +136,8 @@ def optional_int(
     value = body.get(field, default)
     if value is None:
         return default
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
     if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
         raise ValidationError(f"{field} must be an integer in [{lo}, {hi}].", field=field)
     return value
@@ -157,3 +161,14 @@ def reject_unknown(body: dict[str, Any], allowed: set[str]) -> None:
         raise ValidationError(
             f"Unknown field {unknown[0]}.", details={"field": unknown[0], "unknown": unknown}
         )
+
+
+def resource(path: str, **handlers: Any) -> Route:
+    """One route per path, dispatching on the method, so a 405 lists every allowed method."""
+    by_method = {method.upper(): handler for method, handler in handlers.items()}
+
+    async def dispatch(request: Request) -> Response:
+        method = "GET" if request.method == "HEAD" else request.method
+        return await by_method[method](request)
+
+    return Route(path, dispatch, methods=list(by_method))

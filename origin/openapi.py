@@ -30,24 +30,34 @@ TEMPLATES = [
     "product",
     "comic",
 ]
-ALIAS = {"type": "string", "pattern": "^@[A-Za-z0-9_-]{1,49}$"}
-UUID = {"type": "string", "format": "uuid"}
-META = {"type": "object"}
+ALIAS_RE = "^@[A-Za-z0-9_-]{1,49}$"
+RESERVED = {"not": {"enum": ["@last", "@first", "@upload"]}}
+ALIAS = {"type": "string", "pattern": ALIAS_RE, **RESERVED}
+ALIAS_OR_NULL = {"anyOf": [{"type": "null"}, ALIAS]}
+UUID_RE = "^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
+UUID = {"type": "string", "format": "uuid", "pattern": UUID_RE}
+UUID_OR_NULL = {"anyOf": [{"type": "null"}, UUID]}
+META = {"type": ["object", "null"]}
 
 GENERATION_BODY = {
     "type": "object",
     "required": ["prompt"],
     "properties": {
-        "prompt": {"type": "string", "minLength": 1, "maxLength": 5000},
-        "aspectRatio": {"type": "string", "enum": RATIOS},
-        "referenceImages": {"type": "array", "items": {"type": "string"}, "maxItems": 3},
-        "flowId": {"type": ["string", "null"], "format": "uuid"},
-        "alias": ALIAS,
-        "flowAlias": ALIAS,
-        "autoEnhance": {"type": "boolean"},
+        "prompt": {
+            "type": "string",
+            "minLength": 1,
+            "maxLength": 5000,
+            "pattern": "^[^\\u0000]*\\S[^\\u0000]*$",
+        },
+        "aspectRatio": {"enum": [*RATIOS, None]},
+        "referenceImages": {"type": ["array", "null"], "items": {"type": "string"}, "maxItems": 3},
+        "flowId": UUID_OR_NULL,
+        "alias": ALIAS_OR_NULL,
+        "flowAlias": ALIAS_OR_NULL,
+        "autoEnhance": {"type": ["boolean", "null"]},
         "enhancementOptions": {
-            "type": "object",
-            "properties": {"template": {"type": "string", "enum": TEMPLATES}},
+            "type": ["object", "null"],
+            "properties": {"template": {"enum": [*TEMPLATES, None]}},
         },
         "meta": META,
     },
@@ -63,15 +73,19 @@ SCOPE_BODY = {
     "type": "object",
     "properties": {
         "slug": {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,64}$"},
-        "allowNewGenerations": {"type": "boolean"},
-        "newGenerationsLimit": {"type": "integer", "minimum": 0},
+        "allowNewGenerations": {"type": ["boolean", "null"]},
+        "newGenerationsLimit": {"type": ["integer", "null"], "minimum": 0, "maximum": 1000000},
         "meta": META,
     },
+}
+SCOPE_UPDATE = {
+    "type": "object",
+    "properties": {k: v for k, v in SCOPE_BODY["properties"].items() if k != "slug"},  # type: ignore[attr-defined]
 }
 IMAGE_UPDATE = {
     "type": "object",
     "properties": {
-        "alias": {"type": ["string", "null"], "pattern": ALIAS["pattern"]},
+        "alias": ALIAS_OR_NULL,
         "focalPoint": {
             "type": ["object", "null"],
             "required": ["x", "y"],
@@ -136,7 +150,7 @@ ROUTES: list[tuple[str, str, str, Any, list[str], int, str]] = [
         "put",
         "/api/v1/generations/{id}",
         "Edit meta and flowId",
-        {"type": "object", "properties": {"meta": META, "flowId": {"type": ["string", "null"]}}},
+        {"type": "object", "properties": {"meta": META, "flowId": UUID_OR_NULL}},
         [],
         200,
         "project",
@@ -224,17 +238,25 @@ ROUTES: list[tuple[str, str, str, Any, list[str], int, str]] = [
         {
             "type": "object",
             "required": ["alias"],
-            "properties": {"alias": {"type": ["string", "null"]}},
+            "properties": {"alias": ALIAS_OR_NULL},
         },
         [],
         200,
         "project",
     ),
     ("delete", "/api/v1/images/{id}", "Soft-delete an image", None, [], 200, "project"),
-    ("post", "/api/v1/live/scopes", "Create a live scope", SCOPE_BODY, [], 201, "project"),
+    (
+        "post",
+        "/api/v1/live/scopes",
+        "Create a live scope",
+        {**SCOPE_BODY, "required": ["slug"]},
+        [],
+        201,
+        "project",
+    ),
     ("get", "/api/v1/live/scopes", "List live scopes", None, PAGING, 200, "project"),
     ("get", "/api/v1/live/scopes/{slug}", "Get a live scope", None, [], 200, "project"),
-    ("put", "/api/v1/live/scopes/{slug}", "Update a live scope", SCOPE_BODY, [], 200, "project"),
+    ("put", "/api/v1/live/scopes/{slug}", "Update a live scope", SCOPE_UPDATE, [], 200, "project"),
     ("delete", "/api/v1/live/scopes/{slug}", "Delete a live scope", None, [], 200, "project"),
 ]
 
@@ -248,6 +270,17 @@ QUERY_SCHEMAS: dict[str, dict[str, Any]] = {
     "alias": {"type": "string"},
 }
 
+PATH_SCHEMAS: dict[str, dict[str, Any]] = {
+    "id": {"type": "string"},
+    "alias": {"type": "string", "pattern": ALIAS_RE},
+    "slug": {"type": "string"},
+}
+OPTIONAL_BODIES = {
+    ("post", "/api/v1/flows"),
+    ("post", "/api/v1/generations/{id}/retry"),
+    ("post", "/api/bootstrap/initial-key"),
+}
+
 ERROR_STATUSES = {
     "none": ["400", "403", "429"],
     "master": ["400", "401", "403", "404"],
@@ -259,7 +292,7 @@ def openapi_document(public_url: str) -> dict[str, Any]:
     paths: dict[str, dict[str, Any]] = {}
     for method, path, summary, body, query, status, auth in ROUTES:
         params = [
-            {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+            {"name": name, "in": "path", "required": True, "schema": PATH_SCHEMAS[name]}
             for name in ("id", "alias", "slug")
             if "{" + name + "}" in path
         ] + [{"name": q, "in": "query", "schema": QUERY_SCHEMAS[q]} for q in query]
@@ -293,9 +326,13 @@ def openapi_document(public_url: str) -> dict[str, Any]:
         if auth != "none":
             operation["security"] = [{"apiKey": []}]
         if body is not None:
-            operation["requestBody"] = (
+            content = (
                 body if "content" in body else {"content": {"application/json": {"schema": body}}}
             )
+            operation["requestBody"] = {
+                "required": (method, path) not in OPTIONAL_BODIES,
+                **content,
+            }
         paths.setdefault(path, {})[method] = operation
     return {
         "openapi": "3.1.0",

@@ -86,9 +86,9 @@ async def open_services(
     store = open_store(settings)
     budget: Budget = MemoryBudget()
     if settings.redis_url:
-        import redis.asyncio as aioredis
+        from cache.index.redis import connect
 
-        budget = RedisBudget(aioredis.from_url(settings.redis_url))
+        budget = RedisBudget(connect(settings.redis_url))
         if bus is None:
             from cache.invalidation import RedisBus
 

@@ -104,7 +104,9 @@ def backend_settings(request: pytest.FixtureRequest, tmp_path: Path, **overrides
     return make_settings(tmp_path, **overrides)
 
 
-async def api_for(request: pytest.FixtureRequest, tmp_path: Path, **overrides: Any) -> AsyncIterator[Api]:
+async def api_for(
+    request: pytest.FixtureRequest, tmp_path: Path, **overrides: Any
+) -> AsyncIterator[Api]:
     settings = backend_settings(request, tmp_path, **overrides)
     services = await open_services(settings)
     if settings.storage_backend == "s3":

@@ -162,7 +162,9 @@ async def test_budget_headers_on_generation_routes(api: Api) -> None:
 
 async def test_edit_generation_meta_and_detach_flow(api: Api) -> None:
     gen = await api.generate()
-    response = await api.put(f"/api/v1/generations/{gen['id']}", json={"meta": {"a": 1}, "flowId": None})
+    response = await api.put(
+        f"/api/v1/generations/{gen['id']}", json={"meta": {"a": 1}, "flowId": None}
+    )
     assert response.status_code == 200
     data = response.json()["data"]
     assert data["meta"] == {"a": 1} and data["flowId"] is None

@@ -71,9 +71,7 @@ async def test_retry_failed_generation_with_override(gapi: Api, gemini: FakeGemi
     gemini.fail_next(1, status=400)
     failed = await gapi.post("/api/v1/generations", json={"prompt": "x", "autoEnhance": False})
     gen_id = failed.json()["error"]["details"]["generationId"]
-    response = await gapi.post(
-        f"/api/v1/generations/{gen_id}/retry", json={"aspectRatio": "16:9"}
-    )
+    response = await gapi.post(f"/api/v1/generations/{gen_id}/retry", json={"aspectRatio": "16:9"})
     assert response.status_code == 200, response.text
     data = response.json()["data"]
     assert data["id"] == gen_id and data["status"] == "success" and data["retryCount"] == 1

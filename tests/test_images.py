@@ -21,9 +21,7 @@ async def test_upload_measures_and_stores_the_image(api: Api) -> None:
 
 async def test_upload_type_comes_from_the_bytes_not_the_header(api: Api) -> None:
     jpeg = png_bytes(8, 8, fmt="JPEG")
-    response = await api.post(
-        "/api/v1/images/upload", files={"file": ("x.png", jpeg, "image/png")}
-    )
+    response = await api.post("/api/v1/images/upload", files={"file": ("x.png", jpeg, "image/png")})
     assert response.status_code == 201
     assert response.json()["data"]["mimeType"] == "image/jpeg"
     webp = png_bytes(8, 8, fmt="WEBP")
@@ -55,7 +53,9 @@ async def test_upload_rejections(api: Api) -> None:
 
 
 async def test_upload_needs_a_file_and_valid_meta(api: Api) -> None:
-    response = await api.post("/api/v1/images/upload", data={"alias": "@x"}, files={"other": ("a", b"1")})
+    response = await api.post(
+        "/api/v1/images/upload", data={"alias": "@x"}, files={"other": ("a", b"1")}
+    )
     assert response.status_code == 400
     response = await api.post(
         "/api/v1/images/upload", files={"file": ("a.png", png_bytes())}, data={"meta": "{bad"}

@@ -47,7 +47,9 @@ async def test_admin_creates_lists_and_revokes_keys(api: Api) -> None:
     listed = (await api.http.get("/api/admin/keys", headers=master)).json()["data"]
     assert created["id"] in [k["id"] for k in listed]
     assert all("key" not in k for k in listed)
-    assert (await api.http.delete(f"/api/admin/keys/{created['id']}", headers=master)).status_code == 200
+    assert (
+        await api.http.delete(f"/api/admin/keys/{created['id']}", headers=master)
+    ).status_code == 200
     revoked = await api.http.get("/api/v1/images", headers=project_key)
     assert revoked.status_code == 401 and revoked.json()["error"]["code"] == "UNAUTHORIZED"
 
@@ -61,7 +63,9 @@ async def test_expiring_key(api: Api) -> None:
     )
     assert response.json()["data"]["expiresAt"].endswith("Z")
     bad = await api.http.post(
-        "/api/admin/keys", headers=master, json={"organizationSlug": "o", "projectSlug": "p", "expiresInDays": 0}
+        "/api/admin/keys",
+        headers=master,
+        json={"organizationSlug": "o", "projectSlug": "p", "expiresInDays": 0},
     )
     assert bad.status_code == 400
 

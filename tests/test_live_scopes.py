@@ -26,5 +26,10 @@ async def test_scope_crud(api: Api) -> None:
 
 
 async def test_bad_scope_input(api: Api) -> None:
-    for body in ({"slug": "has space"}, {"slug": "x" * 65}, {}, {"slug": "ok", "newGenerationsLimit": -1}):
+    for body in (
+        {"slug": "has space"},
+        {"slug": "x" * 65},
+        {},
+        {"slug": "ok", "newGenerationsLimit": -1},
+    ):
         assert (await api.post("/api/v1/live/scopes", json=body)).status_code == 400, body

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 from sqlalchemy import func, select
 from starlette.requests import Request
-from starlette.routing import Route
 
 from cache.errors import AliasNotFound, ValidationError
 from origin.aliases import check_alias, live_image
 from origin.auth import project_of, services_of
-from origin.envelope import is_uuid, meta_field, ok, page, pagination, read_json
+from origin.envelope import is_uuid, meta_field, ok, page, pagination, read_json, resource
 from origin.flows import delete_flow, find_flow, flow_json
 from origin.generations import generation_json
 from origin.images import image_json
@@ -152,12 +151,10 @@ async def delete(request: Request):  # type: ignore[no-untyped-def]
 
 
 routes = [
-    Route("/api/v1/flows", create, methods=["POST"]),
-    Route("/api/v1/flows", list_, methods=["GET"]),
-    Route("/api/v1/flows/{id}", get, methods=["GET"]),
-    Route("/api/v1/flows/{id}", delete, methods=["DELETE"]),
-    Route("/api/v1/flows/{id}/generations", generations, methods=["GET"]),
-    Route("/api/v1/flows/{id}/images", images, methods=["GET"]),
-    Route("/api/v1/flows/{id}/aliases", put_aliases, methods=["PUT"]),
-    Route("/api/v1/flows/{id}/aliases/{alias}", delete_alias, methods=["DELETE"]),
+    resource("/api/v1/flows", post=create, get=list_),
+    resource("/api/v1/flows/{id}", get=get, delete=delete),
+    resource("/api/v1/flows/{id}/generations", get=generations),
+    resource("/api/v1/flows/{id}/images", get=images),
+    resource("/api/v1/flows/{id}/aliases", put=put_aliases),
+    resource("/api/v1/flows/{id}/aliases/{alias}", delete=delete_alias),
 ]

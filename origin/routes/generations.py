@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from sqlalchemy import func, select
 from starlette.requests import Request
-from starlette.routing import Route
 
 from cache.errors import ApiError, Conflict, ValidationError
 from origin.auth import project_of, services_of, spend_generation_budget
@@ -17,6 +16,7 @@ from origin.envelope import (
     pagination,
     query_bool,
     read_json,
+    resource,
 )
 from origin.flows import ensure_flow
 from origin.generations import (
@@ -202,11 +202,8 @@ async def delete(request: Request):  # type: ignore[no-untyped-def]
 
 
 routes = [
-    Route("/api/v1/generations", create, methods=["POST"]),
-    Route("/api/v1/generations", list_, methods=["GET"]),
-    Route("/api/v1/generations/{id}", get, methods=["GET"]),
-    Route("/api/v1/generations/{id}", update, methods=["PUT"]),
-    Route("/api/v1/generations/{id}", delete, methods=["DELETE"]),
-    Route("/api/v1/generations/{id}/retry", retry, methods=["POST"]),
-    Route("/api/v1/generations/{id}/regenerate", regenerate, methods=["POST"]),
+    resource("/api/v1/generations", post=create, get=list_),
+    resource("/api/v1/generations/{id}", get=get, put=update, delete=delete),
+    resource("/api/v1/generations/{id}/retry", post=retry),
+    resource("/api/v1/generations/{id}/regenerate", post=regenerate),
 ]

@@ -7,7 +7,6 @@ import json
 from sqlalchemy import func, select
 from starlette.datastructures import UploadFile
 from starlette.requests import Request
-from starlette.routing import Route
 
 from cache.errors import (
     AliasNotFound,
@@ -33,6 +32,7 @@ from origin.envelope import (
     pagination,
     query_bool,
     read_json,
+    resource,
 )
 from origin.flows import ensure_flow
 from origin.images import forget_everywhere, image_json, soft_delete_image, store_image
@@ -44,7 +44,7 @@ SOURCES = ("generated", "uploaded")
 
 def _query_flow_id(request: Request) -> str | None:
     flow_id = request.query_params.get("flowId")
-    if flow_id is None or flow_id == "":
+    if flow_id is None:
         return None
     if not is_uuid(flow_id):
         raise ValidationError("flowId must be a UUID.", field="flowId")
@@ -194,7 +194,7 @@ async def update(request: Request):  # type: ignore[no-untyped-def]
     if focal is not ... and focal is not None:
         if (
             not isinstance(focal, dict)
-            or set(focal) != {"x", "y"}
+            or not {"x", "y"} <= set(focal)
             or not all(
                 isinstance(focal[c], int | float)
                 and not isinstance(focal[c], bool)
@@ -251,11 +251,9 @@ async def delete(request: Request):  # type: ignore[no-untyped-def]
 
 
 routes = [
-    Route("/api/v1/images/upload", upload, methods=["POST"]),
-    Route("/api/v1/images", list_, methods=["GET"]),
-    Route("/api/v1/images/resolve/{alias}", resolve, methods=["GET"]),
-    Route("/api/v1/images/{id}", get, methods=["GET"]),
-    Route("/api/v1/images/{id}", update, methods=["PUT"]),
-    Route("/api/v1/images/{id}", delete, methods=["DELETE"]),
-    Route("/api/v1/images/{id}/alias", put_alias, methods=["PUT"]),
+    resource("/api/v1/images/upload", post=upload),
+    resource("/api/v1/images", get=list_),
+    resource("/api/v1/images/resolve/{alias}", get=resolve),
+    resource("/api/v1/images/{id}", get=get, put=update, delete=delete),
+    resource("/api/v1/images/{id}/alias", put=put_alias),
 ]

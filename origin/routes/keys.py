@@ -6,11 +6,10 @@ from typing import Any
 
 from sqlalchemy import select
 from starlette.requests import Request
-from starlette.routing import Route
 
 from cache.errors import Forbidden, KeyNotFound, ValidationError
 from origin.auth import master_of, services_of
-from origin.envelope import iso, ok, optional_int, optional_str, path_uuid, read_json
+from origin.envelope import iso, ok, optional_int, optional_str, path_uuid, read_json, resource
 from origin.keys import CreatedKey, check_slug, create_key, master_key_exists
 from origin.models import ApiKey, Organization, Project, utcnow
 
@@ -103,8 +102,7 @@ async def revoke(request: Request):  # type: ignore[no-untyped-def]
 
 
 routes = [
-    Route("/api/bootstrap/initial-key", bootstrap, methods=["POST"]),
-    Route("/api/admin/keys", create, methods=["POST"]),
-    Route("/api/admin/keys", list_, methods=["GET"]),
-    Route("/api/admin/keys/{id}", revoke, methods=["DELETE"]),
+    resource("/api/bootstrap/initial-key", post=bootstrap),
+    resource("/api/admin/keys", post=create, get=list_),
+    resource("/api/admin/keys/{id}", delete=revoke),
 ]

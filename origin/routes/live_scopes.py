@@ -7,7 +7,6 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from starlette.requests import Request
-from starlette.routing import Route
 
 from cache.errors import Conflict, ScopeNotFound, ValidationError
 from origin.auth import project_of, services_of
@@ -20,6 +19,7 @@ from origin.envelope import (
     page,
     pagination,
     read_json,
+    resource,
 )
 from origin.live import SCOPE_PATTERN
 from origin.models import LiveScope, utcnow
@@ -132,9 +132,6 @@ async def delete(request: Request):  # type: ignore[no-untyped-def]
 
 
 routes = [
-    Route("/api/v1/live/scopes", create, methods=["POST"]),
-    Route("/api/v1/live/scopes", list_, methods=["GET"]),
-    Route("/api/v1/live/scopes/{slug}", get, methods=["GET"]),
-    Route("/api/v1/live/scopes/{slug}", update, methods=["PUT"]),
-    Route("/api/v1/live/scopes/{slug}", delete, methods=["DELETE"]),
+    resource("/api/v1/live/scopes", post=create, get=list_),
+    resource("/api/v1/live/scopes/{slug}", get=get, put=update, delete=delete),
 ]
