@@ -2,8 +2,10 @@
 
 In-process, the first caller for a key starts a task and every caller awaits it through
 `asyncio.shield`, so a client that disconnects never cancels the work: the image is finished
-and stored for the next request. A failure answers the task's callers, is remembered for
-`failure_ttl_s`, then forgotten so the next request tries again.
+and stored for the next request. A failure (5xx, or any non-API error) answers the task's
+callers, is remembered for `failure_ttl_s`, then forgotten so the next request tries again.
+A refusal (4xx: the leading caller's budget, say) is its caller's alone: the others retry
+with their own factory.
 
 Across processes (when given `locks`, e.g. a RedisIndex), the task's leader holds
 `lock:{key}` with a lease it renews every lease/3; the other processes wait for the ready
@@ -26,7 +28,7 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from typing import Generic, Protocol, TypeVar, runtime_checkable
 
-from cache.errors import GatewayTimeout, UpstreamUnavailable
+from cache.errors import ApiError, GatewayTimeout, UpstreamUnavailable
 
 log = logging.getLogger("banatie.coalesce")
 
@@ -34,6 +36,7 @@ T = TypeVar("T")
 
 BACKOFF_FIRST_S = 0.05
 BACKOFF_MAX_S = 0.5
+JOIN_ATTEMPTS = 3
 
 
 @runtime_checkable
@@ -88,20 +91,29 @@ class Coalescer(Generic[T]):
         `check` finds a result another process produced (used while waiting on its lock).
         Over the concurrency cap → UpstreamUnavailable (503) at once; never a queue.
         """
-        failed = self._recent_failure(key)
-        if failed is not None:
-            raise failed
-        task = self._tasks.get(key)
-        if task is None:
-            if len(self._tasks) >= self.max_concurrent:
-                raise UpstreamUnavailable(
-                    "Too many images are being generated right now; try again shortly.",
-                    retry_after=self.retry_after_s,
-                )
-            task = asyncio.get_running_loop().create_task(self._produce(key, factory, check))
-            self._tasks[key] = task
-            task.add_done_callback(lambda t: self._finished(key, t))
-        return await asyncio.shield(task)
+        for attempt in range(JOIN_ATTEMPTS):
+            failed = self._recent_failure(key)
+            if failed is not None:
+                raise failed
+            task = self._tasks.get(key)
+            joined = task is not None
+            if task is None:
+                if len(self._tasks) >= self.max_concurrent:
+                    raise UpstreamUnavailable(
+                        "Too many images are being generated right now; try again shortly.",
+                        retry_after=self.retry_after_s,
+                    )
+                task = asyncio.get_running_loop().create_task(self._produce(key, factory, check))
+                self._tasks[key] = task
+                task.add_done_callback(lambda t: self._finished(key, t))
+            try:
+                return await asyncio.shield(task)
+            except Exception as e:
+                # A refusal of the caller whose factory ran (its budget, say) is not ours:
+                # try with our own factory instead of passing their answer on.
+                if not joined or _shared(e) or attempt == JOIN_ATTEMPTS - 1:
+                    raise
+        raise AssertionError("unreachable")
 
     # -- bookkeeping ------------------------------------------------------------------------
 
@@ -121,7 +133,7 @@ class Coalescer(Generic[T]):
         if task.cancelled():
             return
         error = task.exception()  # also marks it retrieved when nobody awaited the task
-        if error is not None and self.failure_ttl_s > 0:
+        if error is not None and _shared(error) and self.failure_ttl_s > 0:
             self._failures.pop(key, None)
             self._failures[key] = (error, time.monotonic() + self.failure_ttl_s)
 
@@ -197,6 +209,12 @@ class Coalescer(Generic[T]):
                     return
             except ConnectionError:
                 pass  # Redis down: keep working, the lease may lapse; the origin still guards
+
+
+def _shared(error: BaseException) -> bool:
+    """Whether a failure belongs to the key (the model failed: remembered, answers everyone)
+    rather than to the caller whose factory ran (a 4xx refusal: its budget, its scope)."""
+    return not isinstance(error, ApiError) or error.status >= 500
 
 
 async def _checked(check: Callable[[], Awaitable[T | None]]) -> T | None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import signal
 import sys
 
 from cache.logs import configure_logging
@@ -13,6 +14,9 @@ from cache.settings import Settings, SettingsError
 def _run(target: str, settings: Settings, host: str | None, port: int | None, workers: int) -> None:
     import uvicorn
 
+    # uvicorn drains in-flight requests on SIGTERM, then re-raises the signal to whatever
+    # handler was there before: make that a clean exit, so orchestrators see status 0.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     uvicorn.run(
         target,
         factory=True,

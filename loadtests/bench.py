@@ -34,6 +34,7 @@ from typing import Any
 from urllib.parse import quote
 
 from loadtests import report, wrk
+from loadtests import client
 from loadtests.client import Connection, open_many
 from loadtests.processes import (
     PROJECT_ROOT,
@@ -186,7 +187,9 @@ def stub_stats(stub_url: str) -> dict[str, Any]:
 class HitPath:
     """nginx static, nginx proxy_cache and the edge's three tiers, per image size."""
 
-    def __init__(self, args: argparse.Namespace, processes: Processes, stub_url: str, results: Results):
+    def __init__(
+        self, args: argparse.Namespace, processes: Processes, stub_url: str, results: Results
+    ):
         self.args = args
         self.processes = processes
         self.stub_url = stub_url
@@ -210,7 +213,9 @@ class HitPath:
             self.results.notes.append(f"{target} at {size // KB} KB: {r.errors} errors in wrk")
         return row
 
-    def check_hits(self, base: str, expect_header: tuple[str, str] = ("x-cache-status", "HIT")) -> None:
+    def check_hits(
+        self, base: str, expect_header: tuple[str, str] = ("x-cache-status", "HIT")
+    ) -> None:
         for size, path in self.paths.items():
             for _ in range(3):
                 status, headers, body = http_get(base + path)
@@ -229,9 +234,11 @@ class HitPath:
             self.processes, "serve-l1", "serve", banatie_env(self.stub_url, self.data)
         )
         for size, path in self.paths.items():
-            status, headers, body = http_get(base + path)
+            status, _, body = http_get(base + path)
             if status != 200 or len(body) != size:
-                raise RuntimeError(f"generating the {size}-byte image failed: {status} {body[:300]!r}")
+                raise RuntimeError(
+                    f"generating the {size}-byte image failed: {status} {body[:300]!r}"
+                )
             self.bodies[size] = body
         self.check_hits(base)
 
@@ -267,7 +274,13 @@ class HitPath:
         if stored < len(self.paths):
             raise RuntimeError(f"the Redis index holds {stored} live keys after warming")
         for size in args.sizes:
-            self.measure("edge: Redis index + storage", self.paths[size], size, base + self.paths[size], serve.pid)
+            self.measure(
+                "edge: Redis index + storage",
+                self.paths[size],
+                size,
+                base + self.paths[size],
+                serve.pid,
+            )
         self.processes.stop(serve)
 
         say("hit path: banatie serve with L1 off, Redis unreachable (manifest + storage)")
@@ -276,7 +289,13 @@ class HitPath:
         serve, base = start_banatie(self.processes, "serve-manifest", "serve", env)
         self.check_hits(base)
         for size in args.sizes:
-            self.measure("edge: manifest + storage", self.paths[size], size, base + self.paths[size], serve.pid)
+            self.measure(
+                "edge: manifest + storage",
+                self.paths[size],
+                size,
+                base + self.paths[size],
+                serve.pid,
+            )
         self.processes.stop(serve)
 
     def profile(self, serve: Process, url: str) -> None:
@@ -327,7 +346,7 @@ async def _misses(base: str, samples: int, size: int, tag: str) -> list[tuple[st
             started = time.perf_counter()
             response = await connection.get(live_path("miss", prompt))
             if response.status != 200 or response.header("x-cache-status") != "MISS":
-                raise RuntimeError(f"miss {i}: {response.status} {response.body[:300]!r}")
+                raise RuntimeError(f"miss {i}: {response.status} {response.headers}")
             timings.append((prompt, (response.done_at - started) * 1000))
     finally:
         await connection.close()
@@ -338,9 +357,9 @@ def miss_overhead(
     base: str, stub_url: str, layout: str, args: argparse.Namespace, results: Results
 ) -> None:
     say(f"miss overhead ({layout}): {args.miss_samples} sequential misses of a ~1 MB PNG")
-    asyncio.run(_misses(base, 3, args.miss_bytes, "warmup"))  # SDK client, noise image
-    timings = asyncio.run(_misses(base, args.miss_samples, args.miss_bytes, layout.split()[0]))
-    stub = {prompt: ms for prompt, ms in stub_stats(stub_url)["handler_ms"]}
+    client.run(_misses(base, 3, args.miss_bytes, "warmup"))  # SDK client, noise image
+    timings = client.run(_misses(base, args.miss_samples, args.miss_bytes, layout.split()[0]))
+    stub = {prompt: ms for prompt, ms, _ in stub_stats(stub_url)["handler_ms"]}
     client = [ms for _, ms in timings]
     model = [stub[prompt] for prompt, _ in timings]
     overhead = [c - m for c, m in zip(client, model, strict=True)]
@@ -365,11 +384,14 @@ def miss_overhead(
 
 
 async def _herd(edges: list[str], clients: int, prompt: str) -> dict[str, Any]:
-    per_edge = [clients // len(edges) + (1 if i < clients % len(edges) else 0) for i in range(len(edges))]
+    per_edge = [
+        clients // len(edges) + (1 if i < clients % len(edges) else 0) for i in range(len(edges))
+    ]
     groups = [await open_many(base, n) for base, n in zip(edges, per_edge, strict=True)]
     connections = [(i, c) for i, group in enumerate(groups) for c in group]
     path = live_path("herd", prompt)
     try:
+        sent_unix = time.time()
         sent_at = time.perf_counter()
         for _, connection in connections:
             connection.send_get(path)
@@ -379,40 +401,54 @@ async def _herd(edges: list[str], clients: int, prompt: str) -> dict[str, Any]:
         )
     finally:
         await asyncio.gather(*(c.close() for _, c in connections))
-    done = [r.done_at for r in responses]
-    first = min(done)
-    after_first = [(t - first) * 1000 for t in done]
-    by_edge: dict[str, float] = {}
+    first = min(r.done_at for r in responses)
+    after_first = [(r.done_at - first) * 1000 for r in responses]
+    edges_seen: dict[str, dict[str, Any]] = {}
     for (i, _), r in zip(connections, responses, strict=True):
-        key = f"edge {i + 1}"
-        by_edge[key] = max(by_edge.get(key, 0.0), (r.done_at - first) * 1000)
+        seen = edges_seen.setdefault(f"edge {i + 1}", {"first_ms": 1e9, "last_ms": 0.0})
+        seen["first_ms"] = min(seen["first_ms"], (r.done_at - first) * 1000)
+        seen["last_ms"] = max(seen["last_ms"], (r.done_at - first) * 1000)
+        status = f"{r.status} {r.header('x-cache-status')}".strip()
+        seen[status] = seen.get(status, 0) + 1
     statuses: dict[str, int] = {}
     for r in responses:
         statuses[str(r.status)] = statuses.get(str(r.status), 0) + 1
     return {
         "clients": len(responses),
         "per_edge": per_edge,
+        "sent_unix": sent_unix,
         "send_spread_ms": (sent_done - sent_at) * 1000,
         "first_response_s": first - sent_at,
         "last_after_first_ms": max(after_first),
         "p50_after_first_ms": statistics.median(after_first),
         "p99_after_first_ms": percentile(after_first, 99),
-        "last_after_first_by_edge_ms": by_edge,
+        "by_edge": edges_seen,
         "statuses": statuses,
         "image_ids": len({r.header("x-image-id") for r in responses}),
-        "cache_status": {s: sum(1 for r in responses if r.header("x-cache-status") == s) for s in ("MISS", "HIT")},
     }
 
 
 def herd(
-    edges: list[str], origin: str, key: str, stub_url: str, args: argparse.Namespace, results: Results
+    edges: list[str],
+    origin: str,
+    key: str,
+    stub_url: str,
+    args: argparse.Namespace,
+    results: Results,
 ) -> None:
     prompt = f"herd {uuid.uuid4().hex[:12]} delay={args.herd_delay:g} bytes={args.herd_bytes}"
-    say(f"herd: {args.herd_clients} clients over {len(edges)} edges, model takes {args.herd_delay:g} s")
-    found = asyncio.run(_herd(edges, args.herd_clients, prompt))
+    say(
+        f"herd: {args.herd_clients} clients over {len(edges)} edges, "
+        f"model takes {args.herd_delay:g} s"
+    )
+    found = client.run(_herd(edges, args.herd_clients, prompt))
     found["model_delay_s"] = args.herd_delay
     found["image_bytes"] = args.herd_bytes
-    found["model_calls"] = stub_stats(stub_url)["by_prompt"].get(prompt, 0)
+    stats = stub_stats(stub_url)
+    found["model_calls"] = stats["by_prompt"].get(prompt, 0)
+    calls = [(ms, at) for p, ms, at in stats["handler_ms"] if p == prompt]
+    if calls:  # when the model was asked, after the requests went out
+        found["model_asked_after_s"] = calls[0][1] - found["sent_unix"]
     status, _, body = http_get(f"{origin}/api/v1/generations?limit=100", {"X-API-Key": key})
     rows = json.loads(body)["data"] if status == 200 else []
     found["generation_rows"] = sum(1 for g in rows if g.get("originalPrompt") == prompt)
@@ -421,7 +457,8 @@ def herd(
         f"  model calls {found['model_calls']}, generation rows {found['generation_rows']}, "
         f"statuses {found['statuses']}, first after {found['first_response_s']:.3f} s, "
         f"last follower +{found['last_after_first_ms']:.1f} ms "
-        f"(p50 +{found['p50_after_first_ms']:.1f}, by edge {found['last_after_first_by_edge_ms']})"
+        f"(p50 +{found['p50_after_first_ms']:.1f}), model asked after "
+        f"{found.get('model_asked_after_s', float('nan')):.3f} s; by edge {found['by_edge']}"
     )
 
 
@@ -467,7 +504,9 @@ def seed_live_keys(objects_dir: Path, count: int, size: int) -> list[str]:
             )
             async with gate:
                 await store.put(record.object_key, body, "image/png")
-                await store.put(manifest_key(ORG, PROJECT, key.digest), record.to_json(), "application/json")
+                await store.put(
+                    manifest_key(ORG, PROJECT, key.digest), record.to_json(), "application/json"
+                )
             paths.append(live_path("memory", prompt))
 
         await asyncio.gather(*(one(i) for i in range(count)))
@@ -496,15 +535,24 @@ async def _fill(base: str, paths: list[str], connections: int) -> dict[str, int]
 
 
 def memory(
-    name: str, process: Process, base: str, paths: list[str], l1_bytes: int, size: int, results: Results
+    name: str,
+    process: Process,
+    base: str,
+    paths: list[str],
+    l1_bytes: int,
+    size: int,
+    results: Results,
 ) -> None:
-    say(f"memory ({name}): {len(paths)} distinct keys of {size // KB} KB, L1 budget {l1_bytes // MB} MB")
+    say(
+        f"memory ({name}): {len(paths)} distinct keys of {size // KB} KB, "
+        f"L1 budget {l1_bytes // MB} MB"
+    )
     before = rss_bytes(process.pid)
     started = time.perf_counter()
-    first = asyncio.run(_fill(base, paths, 16))
+    first = client.run(_fill(base, paths, 16))
     seconds = time.perf_counter() - started
     after_one = rss_bytes(process.pid)
-    second = asyncio.run(_fill(base, paths, 16))
+    second = client.run(_fill(base, paths, 16))
     after_two = rss_bytes(process.pid)
     entry = {
         "process": name,
@@ -527,7 +575,9 @@ def memory(
 # -- the two layouts ---------------------------------------------------------------------------
 
 
-def one_process(args: argparse.Namespace, processes: Processes, stub_url: str, results: Results) -> None:
+def one_process(
+    args: argparse.Namespace, processes: Processes, stub_url: str, results: Results
+) -> None:
     hit = HitPath(args, processes, stub_url, results)
     if "hits" in args.only:
         serve, base = hit.run()
@@ -545,14 +595,16 @@ def one_process(args: argparse.Namespace, processes: Processes, stub_url: str, r
 
 
 def split(args: argparse.Namespace, processes: Processes, stub_url: str, results: Results) -> None:
-    """`banatie origin` + 2 × `banatie edge` sharing a Redis: herd, miss overhead, memory."""
+    """`banatie origin` + 2 x `banatie edge` sharing a Redis: herd, miss overhead, memory."""
     data = processes.workdir / "split"
     redis, redis_url = start_redis(processes)
     token = secrets.token_hex(16)
     env = banatie_env(stub_url, data, REDIS_URL=redis_url, SERVICE_TOKEN=token)
-    key = run_banatie(["keys", "create", "--org", ORG, "--project", PROJECT, "--name", "bench"], env)
+    key = run_banatie(
+        ["keys", "create", "--org", ORG, "--project", PROJECT, "--name", "bench"], env
+    )
     key = key.strip().splitlines()[0]
-    say("split layout: banatie origin + 2 × banatie edge + redis")
+    say("split layout: banatie origin + 2 x banatie edge + redis")
     origin, origin_url = start_banatie(processes, "origin", "origin", env)
     edge_env = {**env, "ORIGIN_URL": origin_url, "OBJECTS_DIR": str(data / "objects")}
     edges = [start_banatie(processes, f"edge-{i}", "edge", edge_env) for i in (1, 2)]
@@ -585,7 +637,9 @@ def split(args: argparse.Namespace, processes: Processes, stub_url: str, results
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m loadtests.bench", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m loadtests.bench", description=__doc__.split("\n")[0]
+    )
     parser.add_argument("--duration", type=float, default=15.0, help="seconds per wrk row (15)")
     parser.add_argument("--warmup", type=float, default=2.0, help="wrk seconds before each row (2)")
     parser.add_argument("--connections", type=int, default=64, help="wrk connections (64)")
@@ -646,7 +700,7 @@ def main(argv: list[str] | None = None) -> int:
     say(f"work directory {workdir}; load average {results.load_before}")
     failed = False
     try:
-        stub, stub_url = start_stub(processes)
+        _, stub_url = start_stub(processes)
         if args.only & {"hits", "miss"}:
             one_process(args, processes, stub_url, results)
         if args.only & {"herd", "miss", "memory"}:

@@ -8,9 +8,9 @@ The prompt steers the answer, so one stub serves every scenario without controls
     delay=S    answer after S seconds (a slow model)
 
 Without `bytes=` or `noise=` the answer is a small PNG whose colour depends on the prompt.
-`GET /stats` answers {"generations", "by_prompt": {prompt: n}, "handler_ms": [[prompt, ms]]},
-where handler_ms is the stub's own time for each image answer (request read → answer handed
-to the socket); `POST /reset` clears it.
+`GET /stats` answers {"generations", "by_prompt": {prompt: n},
+"handler_ms": [[prompt, ms, received_at]]}: the stub's own time for each image answer (request
+read → answer handed to the socket) and when it arrived (Unix time); `POST /reset` clears it.
 
     python -m loadtests.gemini_stub --port 8765
 """
@@ -42,7 +42,7 @@ def _chunk(kind: bytes, data: bytes) -> bytes:
 
 
 def small_png(seed: bytes, side: int = 8) -> bytes:
-    """A side×side RGB PNG of one colour taken from `seed`."""
+    """A sidexside RGB PNG of one colour taken from `seed`."""
     r, g, b = hashlib.sha256(seed).digest()[:3]
     row = b"\x00" + bytes((r, g, b)) * side
     ihdr = struct.pack(">IIBBBBB", side, side, 8, 2, 0, 0, 0)
@@ -120,7 +120,7 @@ class GeminiStub:
 
     def __init__(self) -> None:
         self.by_prompt: Counter[str] = Counter()
-        self.handler_ms: list[tuple[str, float]] = []
+        self.handler_ms: list[tuple[str, float, float]] = []
         self._noise_answers: dict[tuple[str, str], bytes] = {}
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
@@ -147,6 +147,7 @@ class GeminiStub:
             if not message.get("more_body"):
                 break
         started = time.perf_counter()
+        received = time.time()
         model = path.rsplit("/", 1)[-1].partition(":")[0]
         try:
             request = json.loads(body)
@@ -166,7 +167,7 @@ class GeminiStub:
                 self._noise_answers[(noise.group(1), model)] = answer
         await _send_raw(send, 200, answer)
         self.by_prompt[prompt] += 1
-        self.handler_ms.append((prompt, (time.perf_counter() - started) * 1000))
+        self.handler_ms.append((prompt, (time.perf_counter() - started) * 1000, received))
 
     def stats(self) -> dict[str, Any]:
         return {

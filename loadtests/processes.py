@@ -120,7 +120,9 @@ class Process:
             if ready():
                 return
             time.sleep(0.05)
-        raise StartError(f"{self.name} not ready after {timeout_s:.0f} s; {self.log}:\n{self.tail()}")
+        raise StartError(
+            f"{self.name} not ready after {timeout_s:.0f} s; {self.log}:\n{self.tail()}"
+        )
 
     def stop(self, timeout_s: float = 15.0) -> None:
         """SIGTERM to the whole group, SIGKILL after `timeout_s`."""

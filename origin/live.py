@@ -93,7 +93,11 @@ async def live(services: Services, params: LiveParams) -> LiveResult:
             meta_extra={"live": {"scope": params.scope, "cacheKey": key.digest}},
         )
         await _set_entry(services, key, status="pending", generation_id=generation.id)
-        generation = await run_generation(services, project, generation.id)
+        heartbeat = asyncio.ensure_future(_heartbeat(services, key))
+        try:
+            generation = await run_generation(services, project, generation.id)
+        finally:
+            heartbeat.cancel()
     except BaseException as exc:
         attempted = isinstance(exc, ApiError) and bool((exc.details or {}).get("generationId"))
         await _release(services, key, failed=attempted)
@@ -150,7 +154,9 @@ async def _claim(
         except IntegrityError:
             await session.rollback()
             return False
-    stale_pending = now - timedelta(seconds=services.settings.generation_timeout_s * 2)
+    # The claimant touches its row every lease/3; a row untouched for two leases was left by
+    # a process that died mid-generation, and may be taken over.
+    stale_pending = now - timedelta(milliseconds=services.settings.lock_lease_ms * 2)
     failed_before = now - timedelta(seconds=services.settings.failure_ttl_s)
     retryable = (entry.status == "failed" and entry.updated_at <= failed_before) or (
         entry.status == "pending" and entry.updated_at <= stale_pending
@@ -269,6 +275,17 @@ async def _set_entry(services: Services, key: LiveKey, **values: Any) -> None:
             .values(updated_at=utcnow(), **values)
         )
         await session.commit()
+
+
+async def _heartbeat(services: Services, key: LiveKey) -> None:
+    """Keep the claim fresh while this process generates."""
+    interval = services.settings.lock_lease_ms / 3000
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            await _set_entry(services, key)
+        except Exception:
+            log.warning("could not renew the claim on live key %s", key.digest)
 
 
 async def _release(services: Services, key: LiveKey, failed: bool) -> None:

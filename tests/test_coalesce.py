@@ -7,7 +7,7 @@ import asyncio
 import pytest
 
 from cache.coalesce import Coalescer
-from cache.errors import GatewayTimeout, GenerationFailed, UpstreamUnavailable
+from cache.errors import GatewayTimeout, GenerationFailed, RateLimitExceeded, UpstreamUnavailable
 
 
 class Work:
@@ -145,3 +145,27 @@ async def test_work_over_the_timeout_is_504() -> None:
         await c.run("k", Work())  # never released
     assert timed_out.value.status == 504
     assert c.in_flight == 0
+
+
+async def test_a_refusal_of_the_leader_is_not_passed_on_to_the_others() -> None:
+    c = coalescer()
+    started = asyncio.Event()
+    release = asyncio.Event()
+
+    async def over_budget() -> str:
+        started.set()
+        await release.wait()
+        raise RateLimitExceeded("this caller's budget is spent", retry_after=60)
+
+    work = Work()
+    work.release.set()
+    leader = asyncio.create_task(c.run("k", over_budget))
+    await started.wait()
+    follower = asyncio.create_task(c.run("k", work))
+    await asyncio.sleep(0.01)
+    release.set()
+    with pytest.raises(RateLimitExceeded):
+        await leader
+    assert await follower == "image"  # ran its own factory
+    assert work.runs == 1
+    assert await c.run("k", work) == "image"  # refusals are not remembered

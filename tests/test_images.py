@@ -134,7 +134,7 @@ async def test_delete_image_releases_aliases_everywhere(api: Api) -> None:
     again = await api.upload(alias="@hero")  # the alias is free again
     assert again["alias"] == "@hero"
     listed = (await api.get("/api/v1/images?includeDeleted=true")).json()["data"]
-    deleted = [i for i in listed if i["id"] == image_id][0]
+    deleted = next(i for i in listed if i["id"] == image_id)
     assert deleted["deletedAt"] is not None and deleted["alias"] is None
 
 

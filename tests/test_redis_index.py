@@ -301,3 +301,20 @@ async def _until(condition, within_s: float = 3.0) -> None:  # type: ignore[no-u
     while not condition():
         assert time.monotonic() < deadline, "condition not met in time"
         await asyncio.sleep(0.02)
+
+
+async def test_the_url_chooses_single_redis_or_cluster() -> None:
+    from redis.asyncio import Redis
+    from redis.asyncio.cluster import RedisCluster
+
+    from cache.index.redis import connect
+
+    for url, kind in (
+        ("redis://127.0.0.1:6379/0", Redis),
+        ("rediss://127.0.0.1:6379", Redis),
+        ("redis+cluster://127.0.0.1:7000", RedisCluster),
+        ("redis://127.0.0.1:7000/0?cluster=true", RedisCluster),
+    ):
+        client = connect(url)
+        assert isinstance(client, kind), url
+        await client.aclose()

@@ -130,7 +130,13 @@ class RedisIndex:
 
     async def get(self, digest: str) -> LiveRecord | None:
         raw = await self._call(lambda: self._redis.get(f"live:{{{digest}}}"))
-        return None if raw is None else LiveRecord.from_json(raw)
+        if raw is None:
+            return None
+        try:
+            return LiveRecord.from_json(raw)
+        except (ValueError, TypeError):
+            log.warning("ignoring unreadable index entry live:{%s}", digest)
+            return None
 
     async def set(self, digest: str, record: LiveRecord) -> None:
         await self._call(lambda: self._redis.set(f"live:{{{digest}}}", record.to_json()))
