@@ -206,6 +206,8 @@ class Edge:
             return await self._lifespan(scope, receive, send)
         if self.fallback is not None:
             return await self.fallback(scope, receive, send)
+        if scope["type"] == "http" and scope["path"] == "/health":
+            return await _send_health(send)
         if scope["type"] == "http":
             error = NotFound("No route matches this path.")
             return await self._send_error(send, Request.from_scope(scope), error)
@@ -628,6 +630,23 @@ class Edge:
 
 
 # -- parse ------------------------------------------------------------------------------------
+
+
+async def _send_health(send: Send) -> None:
+    """Liveness of an edge running alone (with the origin mounted, the origin answers)."""
+    body = b'{"success":true,"data":{"status":"ok","role":"edge"}}'
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 200,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                (b"cache-control", b"no-store"),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
 
 
 def parse_live_query(raw: bytes) -> LiveQuery:

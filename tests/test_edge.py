@@ -568,7 +568,9 @@ async def test_alone_the_edge_answers_404_envelopes(site: Site) -> None:
     _, http = second_edge(site)
     async with http:
         response = await http.get("/api/v1/generations")
+        health = await http.get("/health")
     assert_error(response, 404, "NOT_FOUND")
+    assert health.status_code == 200 and health.json()["data"]["role"] == "edge"
 
 
 # -- with Redis: several edges, Redis down -----------------------------------------------------
