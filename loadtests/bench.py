@@ -33,8 +33,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from loadtests import report, wrk
-from loadtests import client
+from loadtests import client, report, wrk
 from loadtests.client import Connection, open_many
 from loadtests.processes import (
     PROJECT_ROOT,
@@ -83,7 +82,7 @@ class Results:
     load_after: str = ""
     rows: list[Row] = field(default_factory=list)
     profile: dict[str, Any] = field(default_factory=dict)
-    herd: dict[str, Any] = field(default_factory=dict)
+    herd: list[dict[str, Any]] = field(default_factory=list)
     miss: list[dict[str, Any]] = field(default_factory=list)
     memory: list[dict[str, Any]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
@@ -360,14 +359,14 @@ def miss_overhead(
     client.run(_misses(base, 3, args.miss_bytes, "warmup"))  # SDK client, noise image
     timings = client.run(_misses(base, args.miss_samples, args.miss_bytes, layout.split()[0]))
     stub = {prompt: ms for prompt, ms, _ in stub_stats(stub_url)["handler_ms"]}
-    client = [ms for _, ms in timings]
+    client_ms = [ms for _, ms in timings]
     model = [stub[prompt] for prompt, _ in timings]
-    overhead = [c - m for c, m in zip(client, model, strict=True)]
+    overhead = [c - m for c, m in zip(client_ms, model, strict=True)]
     entry = {
         "layout": layout,
         "samples": len(timings),
         "image_bytes": args.miss_bytes,
-        "client_p50_ms": statistics.median(client),
+        "client_p50_ms": statistics.median(client_ms),
         "model_p50_ms": statistics.median(model),
         "overhead_p50_ms": statistics.median(overhead),
         "overhead_p99_ms": percentile(overhead, 99),
@@ -436,30 +435,35 @@ def herd(
     args: argparse.Namespace,
     results: Results,
 ) -> None:
-    prompt = f"herd {uuid.uuid4().hex[:12]} delay={args.herd_delay:g} bytes={args.herd_bytes}"
-    say(
-        f"herd: {args.herd_clients} clients over {len(edges)} edges, "
-        f"model takes {args.herd_delay:g} s"
-    )
-    found = client.run(_herd(edges, args.herd_clients, prompt))
-    found["model_delay_s"] = args.herd_delay
-    found["image_bytes"] = args.herd_bytes
-    stats = stub_stats(stub_url)
-    found["model_calls"] = stats["by_prompt"].get(prompt, 0)
-    calls = [(ms, at) for p, ms, at in stats["handler_ms"] if p == prompt]
-    if calls:  # when the model was asked, after the requests went out
-        found["model_asked_after_s"] = calls[0][1] - found["sent_unix"]
-    status, _, body = http_get(f"{origin}/api/v1/generations?limit=100", {"X-API-Key": key})
-    rows = json.loads(body)["data"] if status == 200 else []
-    found["generation_rows"] = sum(1 for g in rows if g.get("originalPrompt") == prompt)
-    results.herd = found
-    say(
-        f"  model calls {found['model_calls']}, generation rows {found['generation_rows']}, "
-        f"statuses {found['statuses']}, first after {found['first_response_s']:.3f} s, "
-        f"last follower +{found['last_after_first_ms']:.1f} ms "
-        f"(p50 +{found['p50_after_first_ms']:.1f}), model asked after "
-        f"{found.get('model_asked_after_s', float('nan')):.3f} s; by edge {found['by_edge']}"
-    )
+    for size in args.herd_sizes:
+        prompt = f"herd {uuid.uuid4().hex[:12]} delay={args.herd_delay:g} bytes={size}"
+        say(
+            f"herd: {args.herd_clients} clients over {len(edges)} edges, "
+            f"model takes {args.herd_delay:g} s, {size // KB} KB image"
+        )
+        found = client.run(_herd(edges, args.herd_clients, prompt))
+        found["model_delay_s"] = args.herd_delay
+        found["image_bytes"] = size
+        stats = stub_stats(stub_url)
+        found["model_calls"] = stats["by_prompt"].get(prompt, 0)
+        calls = [at for p, _, at in stats["handler_ms"] if p == prompt]
+        if calls:  # when the model was asked, after the requests went out
+            found["model_asked_after_s"] = calls[0] - found["sent_unix"]
+        status, _, body = http_get(f"{origin}/api/v1/generations?limit=100", {"X-API-Key": key})
+        rows = json.loads(body)["data"] if status == 200 else []
+        found["generation_rows"] = sum(1 for g in rows if g.get("originalPrompt") == prompt)
+        results.herd.append(found)
+        say(
+            f"  model calls {found['model_calls']}, generation rows {found['generation_rows']}, "
+            f"statuses {found['statuses']}, first after {found['first_response_s']:.3f} s "
+            f"(model asked after {found.get('model_asked_after_s', float('nan')):.3f} s), "
+            f"last follower +{found['last_after_first_ms']:.1f} ms "
+            f"(p50 +{found['p50_after_first_ms']:.1f}); "
+            + ", ".join(
+                f"{k}: +{v['first_ms']:.0f}..+{v['last_ms']:.0f} ms"
+                for k, v in found["by_edge"].items()
+            )
+        )
 
 
 # -- 4. memory ---------------------------------------------------------------------------------
@@ -608,15 +612,16 @@ def split(args: argparse.Namespace, processes: Processes, stub_url: str, results
     origin, origin_url = start_banatie(processes, "origin", "origin", env)
     edge_env = {**env, "ORIGIN_URL": origin_url, "OBJECTS_DIR": str(data / "objects")}
     edges = [start_banatie(processes, f"edge-{i}", "edge", edge_env) for i in (1, 2)]
-    for _, base in edges:  # what a running edge already knows: the project exists
-        http_get(f"{base}/cdn/{ORG}/{PROJECT}/img/{uuid.uuid4()}")
+    for _, base in edges:
+        # A running edge has met the project, the origin and Redis before: one miss each.
+        status, _, body = http_get(base + live_path("warm", f"warm {uuid.uuid4().hex}"))
+        if status != 200:
+            raise RuntimeError(f"warm-up miss through {base}: {status} {body[:300]!r}")
     if "herd" in args.only:
         herd([base for _, base in edges], origin_url, key, stub_url, args, results)
     if "miss" in args.only:
         miss_overhead(edges[0][1], stub_url, "split (banatie edge → banatie origin)", args, results)
     if "memory" in args.only:
-        # Any live key gives the project id and model; make one if the herd did not run.
-        http_get(edges[0][1] + live_path("memory", f"memory seed {uuid.uuid4().hex}"))
         say(f"memory: seeding {args.memory_keys} live keys into the object store")
         paths = seed_live_keys(data / "objects", args.memory_keys, args.memory_bytes)
         edge_process, edge_base = edges[1]
@@ -648,7 +653,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--only", default="hits,miss,herd,memory", help="sections to run")
     parser.add_argument("--herd-clients", type=int, default=500)
     parser.add_argument("--herd-delay", type=float, default=2.0, help="model latency, seconds")
-    parser.add_argument("--herd-bytes", type=int, default=50 * KB)
+    parser.add_argument("--herd-sizes", default="1,50", help="herd image sizes in KB (1,50)")
     parser.add_argument("--miss-samples", type=int, default=100)
     parser.add_argument("--miss-bytes", type=int, default=1_000_000)
     parser.add_argument("--memory-keys", type=int, default=10_000)
@@ -661,6 +666,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--keep", action="store_true", help="keep the work directory (logs)")
     args = parser.parse_args(argv)
     args.sizes = [int(s) * KB for s in args.sizes.split(",") if s]
+    args.herd_sizes = [int(s) * KB for s in args.herd_sizes.split(",") if s]
     args.only = {s.strip() for s in args.only.split(",") if s.strip()}
     if args.quick:
         args.duration = min(args.duration, 3.0)

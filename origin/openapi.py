@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from origin.generators import ASPECT_RATIOS
+from origin.generators import TEMPLATES as GENERATOR_TEMPLATES
+
 ENVELOPE_ERROR = {
     "type": "object",
     "required": ["success", "error"],
@@ -20,16 +23,8 @@ ENVELOPE_ERROR = {
         },
     },
 }
-RATIOS = ["1:1", "2:3", "3:2", "3:4", "4:3", "4:5", "5:4", "9:16", "16:9", "21:9"]
-TEMPLATES = [
-    "general",
-    "photorealistic",
-    "illustration",
-    "minimalist",
-    "sticker",
-    "product",
-    "comic",
-]
+RATIOS = list(ASPECT_RATIOS)
+TEMPLATES = list(GENERATOR_TEMPLATES)
 ALIAS_RE = "^@[A-Za-z0-9_-]{1,49}$"
 RESERVED = {"not": {"enum": ["@last", "@first", "@upload"]}}
 ALIAS = {"type": "string", "pattern": ALIAS_RE, **RESERVED}

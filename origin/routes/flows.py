@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from sqlalchemy import func, select
+from sqlalchemy import select
 from starlette.requests import Request
 
 from cache.errors import AliasNotFound, ValidationError
 from origin.aliases import check_alias, live_image
 from origin.auth import project_of, services_of
-from origin.envelope import is_uuid, meta_field, ok, page, pagination, read_json, resource
+from origin.envelope import is_uuid, meta_field, ok, page, paged, pagination, read_json, resource
 from origin.flows import delete_flow, find_flow, flow_json
 from origin.generations import generation_json
 from origin.images import image_json
@@ -36,14 +36,18 @@ async def list_(request: Request):  # type: ignore[no-untyped-def]
     limit, offset = pagination(request)
     query = select(Flow).where(Flow.project_id == project.project_id)
     async with services.sessions() as session:
-        total = await session.scalar(select(func.count()).select_from(query.subquery()))
-        rows = (
-            await session.execute(
-                query.order_by(Flow.created_at.desc(), Flow.id).limit(limit).offset(offset)
-            )
-        ).scalars()
+        rows, total = await paged(
+            session,
+            query,
+            (
+                Flow.created_at.desc(),
+                Flow.id,
+            ),
+            limit,
+            offset,
+        )
         items = [await flow_json(session, flow) for flow in rows]
-    return page(items, total or 0, limit, offset)
+    return page(items, total, limit, offset)
 
 
 async def get(request: Request):  # type: ignore[no-untyped-def]
@@ -63,18 +67,20 @@ async def generations(request: Request):  # type: ignore[no-untyped-def]
         query = select(Generation).where(
             Generation.flow_id == flow.id, Generation.deleted_at.is_(None)
         )
-        total = await session.scalar(select(func.count()).select_from(query.subquery()))
-        rows = (
-            await session.execute(
-                query.order_by(Generation.created_at.desc(), Generation.id)
-                .limit(limit)
-                .offset(offset)
-            )
-        ).scalars()
+        rows, total = await paged(
+            session,
+            query,
+            (
+                Generation.created_at.desc(),
+                Generation.id,
+            ),
+            limit,
+            offset,
+        )
         items = [
             await generation_json(session, g, project, services.settings.public_url) for g in rows
         ]
-    return page(items, total or 0, limit, offset)
+    return page(items, total, limit, offset)
 
 
 async def images(request: Request):  # type: ignore[no-untyped-def]
@@ -84,14 +90,18 @@ async def images(request: Request):  # type: ignore[no-untyped-def]
     async with services.sessions() as session:
         flow = await find_flow(session, project.project_id, request.path_params["id"])
         query = live_image(project.project_id).where(Image.flow_id == flow.id)
-        total = await session.scalar(select(func.count()).select_from(query.subquery()))
-        rows = (
-            await session.execute(
-                query.order_by(Image.created_at.desc(), Image.id).limit(limit).offset(offset)
-            )
-        ).scalars()
+        rows, total = await paged(
+            session,
+            query,
+            (
+                Image.created_at.desc(),
+                Image.id,
+            ),
+            limit,
+            offset,
+        )
         items = [image_json(i, project, services.settings.public_url) for i in rows]
-    return page(items, total or 0, limit, offset)
+    return page(items, total, limit, offset)
 
 
 async def put_aliases(request: Request):  # type: ignore[no-untyped-def]

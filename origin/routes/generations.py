@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from sqlalchemy import func, select
+from sqlalchemy import select
 from starlette.requests import Request
 
+from cache.budget import BudgetState
 from cache.errors import ApiError, Conflict, ValidationError
 from origin.auth import project_of, services_of, spend_generation_budget
 from origin.envelope import (
@@ -13,6 +14,7 @@ from origin.envelope import (
     ok,
     optional_bool,
     page,
+    paged,
     pagination,
     query_bool,
     read_json,
@@ -53,14 +55,21 @@ async def create(request: Request):  # type: ignore[no-untyped-def]
                 session, generation, project, services.settings.public_url
             )
         return ok(payload, 202, headers | {"Preference-Applied": "respond-async"})
+    return await _run_and_answer(services, project, generation.id, budget, 201)
+
+
+async def _run_and_answer(  # type: ignore[no-untyped-def]
+    services, project, generation_id: str, budget: BudgetState, status: int, regenerate=False
+):
+    """Run the generation; success or error, the answer carries the budget headers."""
     try:
-        generation = await run_generation(services, project, generation.id)
+        generation = await run_generation(services, project, generation_id, regenerate=regenerate)
     except ApiError as exc:
-        exc.headers = headers | exc.headers
+        exc.headers = budget.headers() | exc.headers
         raise
     async with services.sessions() as session:
         payload = await generation_json(session, generation, project, services.settings.public_url)
-    return ok(payload, 201, headers)
+    return ok(payload, status, budget.headers())
 
 
 async def _run_quietly(services, project, generation_id: str) -> None:  # type: ignore[no-untyped-def]
@@ -88,18 +97,20 @@ async def list_(request: Request):  # type: ignore[no-untyped-def]
     if not query_bool(request, "includeDeleted"):
         query = query.where(Generation.deleted_at.is_(None))
     async with services.sessions() as session:
-        total = await session.scalar(select(func.count()).select_from(query.subquery()))
-        rows = (
-            await session.execute(
-                query.order_by(Generation.created_at.desc(), Generation.id.desc())
-                .limit(limit)
-                .offset(offset)
-            )
-        ).scalars()
+        rows, total = await paged(
+            session,
+            query,
+            (
+                Generation.created_at.desc(),
+                Generation.id.desc(),
+            ),
+            limit,
+            offset,
+        )
         items = [
             await generation_json(session, g, project, services.settings.public_url) for g in rows
         ]
-    return page(items, total or 0, limit, offset)
+    return page(items, total, limit, offset)
 
 
 async def get(request: Request):  # type: ignore[no-untyped-def]
@@ -139,14 +150,7 @@ async def retry(request: Request):  # type: ignore[no-untyped-def]
         generation.retry_count += 1
         generation.updated_at = utcnow()
         await session.commit()
-    try:
-        generation = await run_generation(services, project, generation.id)
-    except ApiError as exc:
-        exc.headers = budget.headers() | exc.headers
-        raise
-    async with services.sessions() as session:
-        payload = await generation_json(session, generation, project, services.settings.public_url)
-    return ok(payload, 200, budget.headers())
+    return await _run_and_answer(services, project, generation.id, budget, 200)
 
 
 async def regenerate(request: Request):  # type: ignore[no-untyped-def]
@@ -155,14 +159,7 @@ async def regenerate(request: Request):  # type: ignore[no-untyped-def]
     async with services.sessions() as session:
         generation = await find_generation(session, project.project_id, request.path_params["id"])
     budget = await spend_generation_budget(request)
-    try:
-        generation = await run_generation(services, project, generation.id, regenerate=True)
-    except ApiError as exc:
-        exc.headers = budget.headers() | exc.headers
-        raise
-    async with services.sessions() as session:
-        payload = await generation_json(session, generation, project, services.settings.public_url)
-    return ok(payload, 200, budget.headers())
+    return await _run_and_answer(services, project, generation.id, budget, 200, regenerate=True)
 
 
 async def update(request: Request):  # type: ignore[no-untyped-def]

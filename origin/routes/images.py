@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from sqlalchemy import func, select
+from sqlalchemy import select
 from starlette.datastructures import UploadFile
 from starlette.requests import Request
 
@@ -29,6 +29,7 @@ from origin.envelope import (
     meta_field,
     ok,
     page,
+    paged,
     pagination,
     query_bool,
     read_json,
@@ -142,14 +143,18 @@ async def list_(request: Request):  # type: ignore[no-untyped-def]
     if alias is not None:
         query = query.where(Image.alias == alias)
     async with services.sessions() as session:
-        total = await session.scalar(select(func.count()).select_from(query.subquery()))
-        rows = (
-            await session.execute(
-                query.order_by(Image.created_at.desc(), Image.id).limit(limit).offset(offset)
-            )
-        ).scalars()
+        rows, total = await paged(
+            session,
+            query,
+            (
+                Image.created_at.desc(),
+                Image.id,
+            ),
+            limit,
+            offset,
+        )
         items = [image_json(i, project, services.settings.public_url) for i in rows]
-    return page(items, total or 0, limit, offset)
+    return page(items, total, limit, offset)
 
 
 async def get(request: Request):  # type: ignore[no-untyped-def]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from starlette.requests import Request
 
@@ -17,6 +17,7 @@ from origin.envelope import (
     optional_bool,
     optional_int,
     page,
+    paged,
     pagination,
     read_json,
     resource,
@@ -81,15 +82,17 @@ async def list_(request: Request):  # type: ignore[no-untyped-def]
     limit, offset = pagination(request)
     query = select(LiveScope).where(LiveScope.project_id == project.project_id)
     async with services.sessions() as session:
-        total = await session.scalar(select(func.count()).select_from(query.subquery()))
-        rows = (
-            await session.execute(
-                query.order_by(LiveScope.created_at.desc(), LiveScope.id)
-                .limit(limit)
-                .offset(offset)
-            )
-        ).scalars()
-        return page([scope_json(s) for s in rows], total or 0, limit, offset)
+        rows, total = await paged(
+            session,
+            query,
+            (
+                LiveScope.created_at.desc(),
+                LiveScope.id,
+            ),
+            limit,
+            offset,
+        )
+        return page([scope_json(s) for s in rows], total, limit, offset)
 
 
 async def get(request: Request):  # type: ignore[no-untyped-def]
