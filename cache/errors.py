@@ -49,6 +49,18 @@ class Forbidden(ApiError):
     status, code = 403, "FORBIDDEN"
 
 
+class SignatureRequired(ApiError):
+    status, code = 403, "SIGNATURE_REQUIRED"
+
+
+class SignatureInvalid(ApiError):
+    status, code = 403, "SIGNATURE_INVALID"
+
+
+class SignatureExpired(ApiError):
+    status, code = 403, "SIGNATURE_EXPIRED"
+
+
 class ScopeGenerationsDisabled(ApiError):
     status, code = 403, "SCOPE_GENERATIONS_DISABLED"
 

@@ -121,6 +121,8 @@ def parse_generation(body: dict[str, Any], max_meta_bytes: int) -> GenerationInp
     flow_given, flow = check_flow_id(body)
     alias = optional_str(body, "alias")
     flow_alias = optional_str(body, "flowAlias")
+    if flow_alias is not None and flow_given and flow is None:
+        raise ValidationError("flowAlias needs a flow; flowId is null.", field="flowAlias")
     return GenerationInput(
         prompt=check_prompt(body.get("prompt")),
         aspect_ratio=check_ratio(body.get("aspectRatio")),

@@ -17,6 +17,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -66,6 +67,14 @@ class Project(Base):
     organization_id: Mapped[str] = mapped_column(ForeignKey("organizations.id"))
     slug: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+    # Signed live URLs: at most two secrets verify at once, so a rotation breaks no URL.
+    require_signed_urls: Mapped[bool] = mapped_column(
+        Boolean, default=False, server_default=false()
+    )
+    signing_secret: Mapped[str | None] = mapped_column(String(100))
+    signing_secret_created_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    previous_signing_secret: Mapped[str | None] = mapped_column(String(100))
+    previous_signing_secret_created_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
 
 
 class ApiKey(Base):

@@ -136,8 +136,7 @@ async def api(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[A
 
 
 @pytest.fixture
-async def sqlite_api(tmp_path: Path) -> AsyncIterator[Api]:
+async def sqlite_api(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Api]:
     """The origin on the embedded defaults only (for tests about one engine's behaviour)."""
-    request = type("R", (), {"param": "sqlite-local"})()
-    async for value in api_for(request, tmp_path):  # type: ignore[arg-type]
+    async for value in api_for(request, tmp_path, "sqlite-local"):
         yield value

@@ -87,9 +87,11 @@ async def open_api(settings: Settings, services: Services | None = None) -> Api:
     return Api(http, services, created.secret, "acme", "web")
 
 
-def backend_settings(request: pytest.FixtureRequest, tmp_path: Path, **overrides: Any) -> Settings:
+def backend_settings(
+    request: pytest.FixtureRequest, tmp_path: Path, backend: str, **overrides: Any
+) -> Settings:
     """`sqlite-local` (the defaults) or `postgres-s3` (every production part)."""
-    if request.param == "postgres-s3":
+    if backend == "postgres-s3":
         endpoint = request.getfixturevalue("s3_endpoint")
         env = s3_env(endpoint, new_bucket_name())
         overrides = {
@@ -105,9 +107,14 @@ def backend_settings(request: pytest.FixtureRequest, tmp_path: Path, **overrides
 
 
 async def api_for(
-    request: pytest.FixtureRequest, tmp_path: Path, **overrides: Any
+    request: pytest.FixtureRequest,
+    tmp_path: Path,
+    backend: str | None = None,
+    **overrides: Any,
 ) -> AsyncIterator[Api]:
-    settings = backend_settings(request, tmp_path, **overrides)
+    """The app on `backend` (default: the fixture's param) with settings `overrides`."""
+    backend = backend or request.param
+    settings = backend_settings(request, tmp_path, backend, **overrides)
     services = await open_services(settings)
     if settings.storage_backend == "s3":
         await services.store.create_bucket()  # type: ignore[attr-defined]

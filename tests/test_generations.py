@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
-from tests.harness import Api
+import pytest
+
+from tests.harness import Api, api_for
 
 ISO = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
 
@@ -175,3 +178,27 @@ async def test_unknown_generation_is_404(api: Api) -> None:
         response = await api.get(f"/api/v1/generations/{ident}")
         assert response.status_code == 404
         assert response.json()["error"]["code"] == "GENERATION_NOT_FOUND"
+
+
+async def test_flow_alias_without_a_flow_is_400(api: Api) -> None:
+    response = await api.post(
+        "/api/v1/generations", json={"prompt": "x", "flowId": None, "flowAlias": "@a"}
+    )
+    assert response.status_code == 400
+    assert response.json()["error"]["details"]["field"] == "flowAlias"
+
+
+async def test_spent_key_budget_is_429_with_retry_after(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    async for small in api_for(request, tmp_path, "sqlite-local", key_budget_per_hour=2):
+        for remaining in ("1", "0"):
+            ok = await small.post("/api/v1/generations", json={"prompt": "x", "autoEnhance": False})
+            assert ok.headers["X-RateLimit-Remaining"] == remaining
+        spent = await small.post("/api/v1/generations", json={"prompt": "x"})
+        assert spent.status_code == 429
+        assert spent.json()["error"]["code"] == "RATE_LIMIT_EXCEEDED"
+        assert int(spent.headers["Retry-After"]) >= 1
+        assert spent.headers["X-RateLimit-Remaining"] == "0"
+        listed = (await small.get("/api/v1/generations")).json()["pagination"]["total"]
+        assert listed == 2  # the refused request started nothing

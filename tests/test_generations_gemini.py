@@ -13,11 +13,13 @@ from tests.harness import Api, api_for
 
 
 @pytest.fixture
-async def gapi(tmp_path: Path, gemini: FakeGemini) -> AsyncIterator[Api]:
-    request = type("R", (), {"param": "sqlite-local"})()
+async def gapi(
+    request: pytest.FixtureRequest, tmp_path: Path, gemini: FakeGemini
+) -> AsyncIterator[Api]:
     async for api in api_for(
-        request,  # type: ignore[arg-type]
+        request,
         tmp_path,
+        "sqlite-local",
         gemini_api_key="test-key",
         gemini_base_url=gemini.url,
         generation_timeout_s=2.0,
