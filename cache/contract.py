@@ -20,9 +20,13 @@ class KeyRef:
 
 @dataclass(frozen=True, slots=True)
 class ProjectRef:
+    """A project as the edge caches it, with what a hit needs to authorise a live URL."""
+
     project_id: str
     organization_slug: str
     project_slug: str
+    require_signed: bool = False  # live CDN URLs must carry a valid `sig`
+    signing_secrets: tuple[str, ...] = ()  # that verify, current first (at most two)
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,8 +21,9 @@ EVERYTHING = "*"  # image id of the event a bus sends when it may have missed so
 
 @dataclass(frozen=True, slots=True)
 class Invalidation:
-    image_id: str
+    image_id: str  # "" when only a project changed
     digests: tuple[str, ...]  # live cache keys that served this image
+    project_id: str | None = None  # a project whose settings (signing) changed
 
 
 Listener = Callable[[Invalidation], Awaitable[None] | None]
@@ -93,9 +94,10 @@ class RedisBus:
 
     async def publish(self, event: Invalidation) -> None:
         await self._dispatch(event)
-        message = json.dumps(
-            {"imageId": event.image_id, "digests": list(event.digests), "from": self._origin}
-        )
+        payload = {"imageId": event.image_id, "digests": list(event.digests), "from": self._origin}
+        if event.project_id is not None:
+            payload["projectId"] = event.project_id
+        message = json.dumps(payload)
         try:
             await self._redis.publish(CHANNEL, message)
         except (RedisError, OSError) as e:
@@ -156,7 +158,12 @@ class RedisBus:
             payload = json.loads(raw)
             if payload.get("from") == self._origin:
                 return
-            event = Invalidation(str(payload["imageId"]), tuple(map(str, payload["digests"])))
+            project_id = payload.get("projectId")
+            event = Invalidation(
+                str(payload["imageId"]),
+                tuple(map(str, payload["digests"])),
+                None if project_id is None else str(project_id),
+            )
         except (ValueError, KeyError, TypeError):
             log.warning("ignoring malformed invalidation message %r", raw[:200])
             return

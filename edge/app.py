@@ -19,6 +19,7 @@ import hashlib
 import ipaddress
 import logging
 import re
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
@@ -43,6 +44,7 @@ from cache.live_key import LiveKey, manifest_key, normalise_prompt
 from cache.lru import Entry, ExpiringMap, Headers, ResponseCache
 from cache.objects import ObjectNotFound, ObjectStore, StorageUnavailable
 from cache.settings import Settings
+from cache.signing import verify as verify_signature
 
 log = logging.getLogger("banatie.edge")
 
@@ -257,6 +259,8 @@ class Edge:
             raise ValidationError("scope must be 1-64 letters, digits, '_' or '-'.", field="scope")
         query = self._parse(request.scope["query_string"])
         ref = await self._project(org, project)
+        if ref.require_signed:  # hits too: the signature is checked, never part of the key
+            send = _signed(send, ref, request)
         key = self._live_key(ref.project_id, scope, query)
 
         def params() -> LiveParams:
@@ -576,10 +580,17 @@ class Edge:
     # -- invalidation and lifespan ------------------------------------------------------------
 
     def _invalidate(self, event: Invalidation) -> None:
-        """An image is gone: drop its L1 entries and the records that point at it."""
+        """An image is gone: drop its L1 entries and the records that point at it.
+        A project changed (its signing state): read it from the origin again."""
+        if event.project_id is not None:
+            pid = event.project_id
+            self._projects.drop_where(lambda ref: ref is not None and ref.project_id == pid)
         if event.image_id == EVERYTHING:  # the bus may have missed deletes
             self.l1.clear()
             self._images.clear()
+            self._projects.clear()
+            return
+        if not event.image_id:
             return
         self.l1.drop_image(event.image_id)
         self._images.drop_where(lambda record: record.image_id == event.image_id)
@@ -692,6 +703,28 @@ def parse_live_query(raw: bytes) -> LiveQuery:
     if template not in TEMPLATES:
         raise ValidationError(f"template must be one of {', '.join(TEMPLATES)}.", field="template")
     return LiveQuery(prompt, ratio, enhance in ("true", "1"), template)
+
+
+def _signed(send: Send, ref: ProjectRef, request: Request) -> Send:
+    """Verify the request's signature (403 if unsigned, tampered or expired); for a URL that
+    expires, a `send` that keeps shared caches from serving it past its `expires`."""
+    expires_at = verify_signature(
+        ref.signing_secrets, request.scope["path"], request.scope["query_string"]
+    )
+    if expires_at is None:
+        return send
+    max_age = f"public, max-age={max(0, expires_at - int(time.time()))}".encode()
+
+    async def send_until_expiry(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            headers = [
+                (k, max_age if k == b"cache-control" and v != b"no-store" else v)
+                for k, v in message["headers"]
+            ]
+            message = {**message, "headers": headers}
+        await send(message)
+
+    return send_until_expiry
 
 
 def _live_params(

@@ -98,6 +98,29 @@ async def _gc(settings: Settings, args: argparse.Namespace) -> None:
         print("dry run: nothing removed (pass --delete to remove these)", file=sys.stderr)
 
 
+async def _sign_url(settings: Settings, args: argparse.Namespace) -> None:
+    from urllib.parse import urlsplit
+
+    from origin.db import make_engine, migrate, sessions
+    from origin.keys import check_slug, find_project
+    from origin.signing import parse_live_url, sign_live_url
+
+    org = check_slug(args.org, "--org")
+    project_slug = check_slug(args.project, "--project")
+    url = parse_live_url(args.url, org, project_slug, field="url")
+    engine = make_engine(settings.resolved_database_url)
+    try:
+        await migrate(engine)
+        async with sessions(engine)() as session:
+            project = await find_project(session, org, project_slug)
+            path, _ = sign_live_url(project, url, args.expires_in)
+    finally:
+        await engine.dispose()
+    given = urlsplit(args.url)
+    base = f"{given.scheme}://{given.netloc}" if given.scheme and given.netloc else None
+    print((base or settings.public_url) + path)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="banatie", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -121,6 +144,11 @@ def main(argv: list[str] | None = None) -> int:
     create.add_argument("--name")
     create.add_argument("--expires-in-days", type=int)
     create.add_argument("--master", action="store_true", help="a master key instead")
+    sign = sub.add_parser("sign-url", help="sign a live CDN URL with the project's secret")
+    sign.add_argument("url", help="a live URL or path: /cdn/{org}/{project}/live/{scope}?prompt=")
+    sign.add_argument("--org", default="default")
+    sign.add_argument("--project", default="default")
+    sign.add_argument("--expires-in", type=int, help="seconds the URL stays valid (default: ever)")
     args = parser.parse_args(argv)
     try:
         settings = Settings.from_env()
@@ -141,6 +169,14 @@ def main(argv: list[str] | None = None) -> int:
         asyncio.run(_gc(settings, args))
     elif args.command == "keys":
         asyncio.run(_create_key(settings, args))
+    elif args.command == "sign-url":
+        from cache.errors import ApiError
+
+        try:
+            asyncio.run(_sign_url(settings, args))
+        except ApiError as exc:
+            print(f"banatie sign-url: {exc.message}", file=sys.stderr)
+            return 2
     return 0
 
 

@@ -11,7 +11,10 @@ internal routes answer with these exact JSON shapes (dataclass field names, snak
          404 error envelope (unknown, revoked, expired or master key)
 
     GET  /internal/projects/{organization_slug}/{project_slug}
-         200 {"project_id": str, "organization_slug": str, "project_slug": str}
+         200 {"project_id": str, "organization_slug": str, "project_slug": str,
+              "require_signed": bool, "signing_secrets": [str, ...]}
+              (the secrets that verify the project's signed live URLs, current first;
+               both fields may be absent from an older origin: false and [])
          404 error envelope
 
     POST /internal/live
@@ -104,7 +107,15 @@ class HttpOrigin:
             f"/internal/projects/{quote(organization_slug, safe='')}/{quote(project_slug, safe='')}"
         )
         data = await self._get(path, missing_ok=True)
-        return None if data is None else ProjectRef(**_fields(data, ProjectRef))
+        if data is None:
+            return None
+        fields = _fields(data, ProjectRef)
+        secrets = fields["signing_secrets"]
+        if not isinstance(secrets, list | tuple) or not all(isinstance(s, str) for s in secrets):
+            raise UpstreamUnavailable("The origin answered bad signing secrets.", RETRY_AFTER_S)
+        fields["signing_secrets"] = tuple(secrets)
+        fields["require_signed"] = fields["require_signed"] is True
+        return ProjectRef(**fields)
 
     async def live(self, params: LiveParams) -> LiveResult:
         try:
@@ -183,5 +194,11 @@ def _fields(data: Any, cls: type) -> dict[str, Any]:
     return {name: values[name] for name in names}
 
 
-# Fields the origin may leave out: an uploaded image has no generation, an image by id no key.
-_OPTIONAL: dict[str, Any] = {"generation_id": None, "canonical": ""}
+# Fields the origin may leave out: an uploaded image has no generation, an image by id no key,
+# an origin older than signed URLs no signing state.
+_OPTIONAL: dict[str, Any] = {
+    "generation_id": None,
+    "canonical": "",
+    "require_signed": False,
+    "signing_secrets": (),
+}

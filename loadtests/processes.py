@@ -80,7 +80,9 @@ def children(pid: int) -> list[int]:
 class Process:
     """A subprocess in a new session (its own process group), logging to a file."""
 
-    def __init__(self, name: str, command: list[str], log: Path, env: dict[str, str]) -> None:
+    def __init__(
+        self, name: str, command: list[str], log: Path, env: dict[str, str], cwd: Path
+    ) -> None:
         self.name = name
         self.command = command
         self.log = log
@@ -92,7 +94,7 @@ class Process:
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 env=env,
-                cwd=PROJECT_ROOT,
+                cwd=cwd,
                 start_new_session=True,
             )
 
@@ -158,9 +160,16 @@ class Processes:
         self.workdir = workdir
         self._running: list[Process] = []
 
-    def start(self, name: str, command: list[str], env: dict[str, str] | None = None) -> Process:
+    def start(
+        self,
+        name: str,
+        command: list[str],
+        env: dict[str, str] | None = None,
+        cwd: Path = PROJECT_ROOT,
+    ) -> Process:
+        """Start `command` in `cwd` (`python -m` imports from there first)."""
         log = self.workdir / "logs" / f"{name}.log"
-        process = Process(name, command, log, env if env is not None else clean_env())
+        process = Process(name, command, log, env if env is not None else clean_env(), cwd)
         self._running.append(process)
         return process
 

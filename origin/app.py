@@ -21,7 +21,7 @@ from cache.settings import Settings
 from origin import edge_api
 from origin.envelope import JSONResponse, ok
 from origin.openapi import DOCS_HTML, openapi_document
-from origin.routes import flows, generations, images, keys, live_scopes
+from origin.routes import flows, generations, images, keys, live_scopes, live_signing
 from origin.services import Services, open_services
 
 log = logging.getLogger("banatie.origin")
@@ -159,6 +159,7 @@ def create_origin(settings: Settings, services: Services | None = None) -> Starl
             *generations.routes,
             *flows.routes,
             *live_scopes.routes,
+            *live_signing.routes,
             *images.routes,
             *edge_api.routes,
         ],

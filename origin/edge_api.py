@@ -19,6 +19,7 @@ from origin.images import image_record
 from origin.keys import find_project
 from origin.models import ApiKey, Organization, Project, utcnow
 from origin.services import Services
+from origin.signing import active_secrets
 
 
 class InProcessOrigin:
@@ -51,7 +52,13 @@ class InProcessOrigin:
                 project = await find_project(session, organization_slug, project_slug)
             except NotFound:
                 return None
-        return ProjectRef(project.id, organization_slug, project_slug)
+        return ProjectRef(
+            project.id,
+            organization_slug,
+            project_slug,
+            project.require_signed_urls,
+            active_secrets(project),
+        )
 
     async def live(self, params: LiveParams) -> LiveResult:
         return await live_call.live(self.services, params)

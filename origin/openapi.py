@@ -92,6 +92,25 @@ IMAGE_UPDATE = {
         "meta": META,
     },
 }
+SIGN_BODY = {
+    "type": "object",
+    "description": "Either `path` (a live CDN URL or path of this project), or `scope` and "
+    "`prompt` with the other live parameters.",
+    "properties": {
+        "path": {"type": "string", "maxLength": 16384},
+        "scope": {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,64}$"},
+        "prompt": GENERATION_BODY["properties"]["prompt"],  # type: ignore[index]
+        "aspectRatio": {"enum": [*RATIOS, None]},
+        "autoEnhance": {"type": ["boolean", "null"]},
+        "template": {"enum": [*TEMPLATES, None]},
+        "expiresInSeconds": {"type": ["integer", "null"], "minimum": 1, "maximum": 315360000},
+    },
+}
+SIGNING_BODY = {
+    "type": "object",
+    "required": ["requireSignedUrls"],
+    "properties": {"requireSignedUrls": {"type": "boolean"}},
+}
 KEY_BODY = {
     "type": "object",
     "properties": {
@@ -253,6 +272,26 @@ ROUTES: list[tuple[str, str, str, Any, list[str], int, str]] = [
     ("get", "/api/v1/live/scopes/{slug}", "Get a live scope", None, [], 200, "project"),
     ("put", "/api/v1/live/scopes/{slug}", "Update a live scope", SCOPE_UPDATE, [], 200, "project"),
     ("delete", "/api/v1/live/scopes/{slug}", "Delete a live scope", None, [], 200, "project"),
+    ("post", "/api/v1/live/sign", "Sign a live CDN URL", SIGN_BODY, [], 200, "project"),
+    ("get", "/api/v1/live/signing", "Signed-URL settings (no secrets)", None, [], 200, "project"),
+    (
+        "put",
+        "/api/v1/live/signing",
+        "Require signed live URLs",
+        SIGNING_BODY,
+        [],
+        200,
+        "project",
+    ),
+    (
+        "post",
+        "/api/v1/live/signing/rotate",
+        "New signing secret (shown once); the current one stays valid as the previous",
+        None,
+        [],
+        200,
+        "project",
+    ),
 ]
 
 QUERY_SCHEMAS: dict[str, dict[str, Any]] = {

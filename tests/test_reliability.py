@@ -46,6 +46,14 @@ def _get_in_background(url: str) -> tuple[threading.Thread, dict[str, httpx.Resp
     return thread, result
 
 
+def _wait_for_generation(gemini: FakeGemini) -> None:
+    """Until the image model has been asked: the generation is under way."""
+    deadline = time.monotonic() + 30
+    while not gemini.image_requests:
+        assert time.monotonic() < deadline, "no generation started"
+        time.sleep(0.05)
+
+
 def test_sigterm_lets_in_flight_generations_finish_then_exits_0(
     tmp_path: Path, gemini: FakeGemini
 ) -> None:
@@ -53,7 +61,7 @@ def test_sigterm_lets_in_flight_generations_finish_then_exits_0(
     app, _ = _serve(tmp_path, gemini)
     try:
         thread, result = _get_in_background(app.url + LIVE)
-        time.sleep(0.7)  # the generation is under way
+        _wait_for_generation(gemini)
         app.signal(signal.SIGTERM)
         thread.join(30)
         assert result["response"].status_code == 200
@@ -70,7 +78,7 @@ def test_sigkill_mid_generation_leaves_no_row_without_bytes(
     app, key = _serve(tmp_path, gemini)
     try:
         _get_in_background(app.url + LIVE)
-        time.sleep(1)
+        _wait_for_generation(gemini)
         app.signal(signal.SIGKILL)
         app.process.wait(timeout=10)  # type: ignore[union-attr]
     finally:
