@@ -14,6 +14,8 @@ from cache.settings import Settings, SettingsError
 def _run(target: str, settings: Settings, host: str | None, port: int | None, workers: int) -> None:
     import uvicorn
 
+    from edge.protocol import EnvelopeHttpTools
+
     # uvicorn drains in-flight requests on SIGTERM, then re-raises the signal to whatever
     # handler was there before: make that a clean exit, so orchestrators see status 0.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
@@ -24,7 +26,7 @@ def _run(target: str, settings: Settings, host: str | None, port: int | None, wo
         port=port or settings.port,
         workers=workers,
         loop="uvloop",
-        http="httptools",
+        http=EnvelopeHttpTools,
         log_level=settings.log_level,
         log_config=None,
         access_log=False,
