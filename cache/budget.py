@@ -6,8 +6,6 @@ import time
 from dataclasses import dataclass
 from typing import Protocol
 
-from redis.exceptions import RedisError
-
 
 @dataclass(frozen=True, slots=True)
 class BudgetState:
@@ -68,13 +66,13 @@ class RedisBudget:
     async def take(self, name: str, limit: int, window_s: int = 3600) -> BudgetState:
         try:
             return await self._take(name, limit, window_s)
-        except (RedisError, OSError):
+        except Exception:  # Redis errors, or a cluster client failing mid-reinitialise
             return await self._local.take(name, limit, window_s)
 
     async def peek(self, name: str, limit: int, window_s: int = 3600) -> BudgetState:
         try:
             return await self._peek(name, limit, window_s)
-        except (RedisError, OSError):
+        except Exception:  # Redis errors, or a cluster client failing mid-reinitialise
             return await self._local.peek(name, limit, window_s)
 
     async def _take(self, name: str, limit: int, window_s: int) -> BudgetState:

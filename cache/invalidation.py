@@ -11,7 +11,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from redis.exceptions import RedisError
+from cache.index.redis import REDIS_ERRORS, open_pubsub
 
 log = logging.getLogger("banatie.invalidation")
 
@@ -100,7 +100,7 @@ class RedisBus:
         message = json.dumps(payload)
         try:
             await self._redis.publish(CHANNEL, message)
-        except (RedisError, OSError) as e:
+        except Exception as e:  # REDIS_ERRORS, or a cluster client failing mid-reinitialise
             log.warning(
                 "invalidation of image %s not published (Redis down: %s)", event.image_id, e
             )
@@ -129,8 +129,9 @@ class RedisBus:
         """Subscribe, deliver, and on any Redis error wait a moment and subscribe again."""
         lost = False
         while True:
-            pubsub = self._listen_redis.pubsub()
+            pubsub = None
             try:
+                pubsub = await open_pubsub(self._listen_redis)
                 await pubsub.subscribe(CHANNEL)
                 self.subscribed.set()
                 if lost:
@@ -143,14 +144,15 @@ class RedisBus:
                         await self._receive(message["data"])
             except asyncio.CancelledError:
                 raise
-            except (RedisError, OSError) as e:
+            except REDIS_ERRORS as e:
                 if self.subscribed.is_set():
                     log.warning("invalidation listener lost Redis (%s); reconnecting", e)
                 self.subscribed.clear()
                 lost = True
             finally:
-                with contextlib.suppress(Exception):
-                    await pubsub.aclose()
+                if pubsub is not None:
+                    with contextlib.suppress(Exception):
+                        await pubsub.aclose()
             await asyncio.sleep(self._retry_s)
 
     async def _receive(self, raw: bytes | str) -> None:

@@ -9,6 +9,20 @@ from contextvars import ContextVar
 
 request_id: ContextVar[str] = ContextVar("request_id", default="-")
 
+QUIET_LIBRARIES = (
+    "aiosqlite",  # every statement with its parameters
+    "sqlalchemy.engine",  # the same, at INFO
+    "sqlalchemy.pool",
+    "asyncpg",
+    "botocore",  # request headers, signed URLs
+    "boto3",
+    "s3transfer",
+    "urllib3",
+    "httpcore",
+    "hpack",  # decoded HTTP/2 headers
+    "google_genai",
+)
+
 
 class _RequestIdFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
@@ -46,6 +60,10 @@ def configure_logging(level: str = "info", fmt: str = "text") -> None:
     root.setLevel(level.upper())
     logging.getLogger("alembic").setLevel(logging.WARNING)
     logging.getLogger("httpx").setLevel(logging.WARNING)
+    # Libraries whose debug lines carry query parameters or request headers: at LOG_LEVEL=debug
+    # they would write key hashes, signing secrets and credentials into the log.
+    for name in QUIET_LIBRARIES:
+        logging.getLogger(name).setLevel(max(logging.WARNING, root.level))
     for name in ("uvicorn", "uvicorn.error"):
         logging.getLogger(name).handlers[:] = []
         logging.getLogger(name).propagate = True

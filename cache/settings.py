@@ -85,6 +85,11 @@ class Settings:
     lock_lease_ms: int = 10_000
     key_cache_ttl_s: float = 30.0
     failure_ttl_s: float = 5.0
+    # Image variants (?w=&h=&fit=&format=&q=&dpr=)
+    max_variant_dimension: int = 4096
+    variant_quality: int = 80
+    variant_workers: int = 0  # 0: one per core
+    variant_queue: int = 32  # jobs waiting beyond the workers; more → 503
     log_level: str = "info"
     log_format: str = "text"  # text | json
 
@@ -155,6 +160,10 @@ class Settings:
             lock_lease_ms=_int(e, "LOCK_LEASE_MS", cls.lock_lease_ms),
             key_cache_ttl_s=_float(e, "KEY_CACHE_TTL_S", cls.key_cache_ttl_s),
             failure_ttl_s=_float(e, "FAILURE_TTL_S", cls.failure_ttl_s),
+            max_variant_dimension=_int(e, "MAX_VARIANT_DIMENSION", cls.max_variant_dimension),
+            variant_quality=_int(e, "VARIANT_QUALITY", cls.variant_quality),
+            variant_workers=_int(e, "VARIANT_WORKERS", cls.variant_workers),
+            variant_queue=_int(e, "VARIANT_QUEUE", cls.variant_queue),
             log_level=_str(e, "LOG_LEVEL", cls.log_level),
             log_format=_str(e, "LOG_FORMAT", cls.log_format),
         )

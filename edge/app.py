@@ -22,7 +22,7 @@ import re
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 from urllib.parse import unquote_to_bytes
 
@@ -42,9 +42,12 @@ from cache.index import Index, LiveRecord
 from cache.invalidation import EVERYTHING, Invalidation, InvalidationBus
 from cache.live_key import LiveKey, manifest_key, normalise_prompt
 from cache.lru import Entry, ExpiringMap, Headers, ResponseCache
+from cache.metrics import Metrics, family_of, send_metrics
 from cache.objects import ObjectNotFound, ObjectStore, StorageUnavailable
 from cache.settings import Settings
 from cache.signing import verify as verify_signature
+from cache.variants import VariantSpec
+from edge.variant_cache import VARY_ACCEPT, VariantCache
 
 log = logging.getLogger("banatie.edge")
 
@@ -105,6 +108,7 @@ class Request:
     if_range: bytes | None = None
     request_id: bytes | None = None
     forwarded_for: bytes | None = None
+    family: str = ""  # route family in the metrics; "" when counted by a send wrapper
 
     @classmethod
     def from_scope(cls, scope: Scope) -> Request:
@@ -146,9 +150,11 @@ def create_edge(
     index: Index,
     bus: InvalidationBus,
     fallback: ASGIApp | None = None,
+    *,
+    metrics: Metrics | None = None,
 ) -> Edge:
     """The edge ASGI app; `fallback` serves every path that is not a live or CDN route."""
-    return Edge(settings, origin, store, index, bus, fallback)
+    return Edge(settings, origin, store, index, bus, fallback, metrics=metrics)
 
 
 class Edge:
@@ -160,6 +166,8 @@ class Edge:
         index: Index,
         bus: InvalidationBus,
         fallback: ASGIApp | None = None,
+        *,
+        metrics: Metrics | None = None,
     ) -> None:
         self.settings = settings
         self.origin = origin
@@ -168,6 +176,7 @@ class Edge:
         self.bus = bus
         self.fallback = fallback
         self.l1 = ResponseCache(settings.l1_bytes, settings.l1_max_entry_bytes)
+        self.metrics = metrics if metrics is not None else Metrics()
         self.coalescer: Coalescer[LiveResult] = Coalescer(
             max_concurrent=settings.max_concurrent_generations,
             # Prompt enhancement and the image call are each bounded by the generation timeout.
@@ -189,7 +198,16 @@ class Edge:
         )
         self._trusted = _networks(settings.trusted_proxies)
         self._parsed = functools.lru_cache(maxsize=MEMO_QUERIES)(parse_live_query)
+        self.variants = VariantCache(settings, store, index)
         bus.subscribe(self._invalidate)
+        for name, read in (
+            ("l1_hits", lambda: self.l1.hits),
+            ("l1_bytes", lambda: self.l1.bytes),
+            ("l1_entries", lambda: len(self.l1)),
+            ("l1_evictions", lambda: self.l1.evictions),
+            ("in_flight", lambda: self.coalescer.in_flight),
+        ):
+            self.metrics.read(name, read)
 
     # -- ASGI ---------------------------------------------------------------------------------
 
@@ -197,13 +215,20 @@ class Edge:
         if scope["type"] == "http":
             path: str = scope["path"]
             if path == "/api/v1/live":
-                return await self._guarded(self._api_live, Request.from_scope(scope), send)
+                request = Request.from_scope(scope)
+                request.family = "live"
+                return await self._guarded(self._api_live, request, send)
             if path.startswith("/cdn/"):
                 parts = path.split("/")  # "", "cdn", org, project, kind, ref
                 if len(parts) == 6 and parts[4] in ("live", "img"):
-                    route = self._cdn_live if parts[4] == "live" else self._cdn_image
+                    live = parts[4] == "live"
+                    route = self._cdn_live if live else self._cdn_image
                     request = Request.from_scope(scope)
+                    request.family = "cdn_live" if live else "cdn_img"
                     return await self._guarded(route, request, send, parts[2], parts[3], parts[5])
+            if path == "/metrics" and scope["method"] in ("GET", "HEAD"):
+                return await send_metrics(send, self.metrics, scope["method"] == "HEAD")
+            send = self.metrics.counting(send, family_of(path))
         elif scope["type"] == "lifespan":
             return await self._lifespan(scope, receive, send)
         if self.fallback is not None:
@@ -283,6 +308,13 @@ class Edge:
             self._images.set(cache_key, record, ALIAS_TTL_S if is_alias else None)
         cache_control = ALIAS_CACHE_CONTROL if is_alias else IMMUTABLE
         l1_key = "img\x1f" + record.image_id
+        spec = self.variants.parse(request.scope["query_string"])
+        if spec is not None:
+            source = _known(record)
+            return await self._variant(
+                request, send, spec, l1_key, project_ref.project_id, org, project, source, [],
+                cache_control,
+            )  # fmt: skip
         entry = self.l1.get(l1_key)
         if entry is None:
             if not self.l1.fits(record.size):
@@ -327,6 +359,12 @@ class Edge:
         extra: Headers,
     ) -> None:
         canonical = key.canonical
+        spec = self.variants.parse(request.scope["query_string"])
+        if spec is not None:
+            source = functools.partial(self._live_source, request, key, org, project, params)
+            return await self._variant(
+                request, send, spec, canonical, key.project_id, org, project, source, extra
+            )
         entry = self.l1.get(canonical)
         if entry is not None:
             return await self._respond(request, send, entry)
@@ -365,10 +403,74 @@ class Edge:
         entry = _entry(record, cached.body, status, IMMUTABLE, headers)
         await self._respond(request, send, entry)
 
+    async def _variant(
+        self,
+        request: Request,
+        send: Send,
+        spec: VariantSpec,
+        source_key: str,
+        project_id: str,
+        org: str,
+        project: str,
+        source: Callable[[], Awaitable[tuple[LiveRecord, Headers]]],
+        extra: Headers,
+        cache_control: bytes = IMMUTABLE,
+    ) -> None:
+        """A resized/re-encoded image (?w=&h=&fit=&format=&q=&dpr=): from the L1 by request,
+        else derived from the original (`source`: its record, and what a MISS of it adds)."""
+        wanted = self.variants.want(spec, request.scope["headers"])
+        l1_key = wanted.l1_key(source_key)
+        entry = self.l1.get(l1_key)
+        if entry is None:
+            record, miss = await source()
+
+            async def original() -> bytes:
+                cached = self.l1.get(source_key)
+                if cached is not None:
+                    return cached.body
+                try:
+                    return await self.store.read(record.object_key)
+                except ObjectNotFound:
+                    raise ImageNotFound("The image is no longer available.") from None
+
+            variant = await self.variants.get(project_id, org, project, record, wanted, original)
+            found = replace(variant.record, image_id=record.image_id)
+            headers = extra + VARY_ACCEPT if wanted.vary else extra
+            entry = _entry(found, variant.body, b"HIT", IMMUTABLE, headers)
+            self.l1.put(l1_key, entry)
+            if variant.made or miss:
+                entry = _entry(found, variant.body, b"MISS", IMMUTABLE, headers + miss)
+        if cache_control != IMMUTABLE:
+            entry = _with_cache_control(entry, cache_control)
+        await self._respond(request, send, entry)
+
+    async def _live_source(
+        self,
+        request: Request,
+        key: LiveKey,
+        org: str,
+        project: str,
+        params: Callable[[], LiveParams],
+    ) -> tuple[LiveRecord, Headers]:
+        """The original behind a live variant, generated once under its own live key."""
+        record = await self._lookup(key.digest, key.canonical, org, project)
+        if record is not None:
+            return record, []
+        if request.head:
+            raise ImageNotFound("This image is not cached; HEAD never starts a generation.")
+        result, ran = await self._produce(key.digest, key.canonical, org, project, params)
+        miss: Headers = []
+        if result.created and result.record.generation_id:
+            miss.append((b"x-generation-id", result.record.generation_id.encode()))
+        if ran:
+            miss += [(k.lower().encode(), v.encode()) for k, v in result.rate_headers.items()]
+        return result.record, miss
+
     async def _lookup(
-        self, digest: str, canonical: str, org: str, project: str
+        self, digest: str, canonical: str, org: str, project: str, tally: bool = True
     ) -> LiveRecord | None:
-        """The record for a key: the index, else the manifest (written back to the index)."""
+        """The record for a key: the index, else the manifest (written back to the index).
+        `tally` counts the answer as a cache hit of its tier."""
         index_up = True
         try:
             record = await self.index.get(digest)
@@ -376,6 +478,8 @@ class Edge:
             record, index_up = None, False
         if record is not None:
             if record.canonical == canonical:
+                if tally:
+                    self.metrics.hits["index"] += 1
                 return record
             log.warning("index digest %s holds another key; ignoring it", digest)
         try:
@@ -393,6 +497,8 @@ class Edge:
                 await self.index.set(digest, record)
             except ConnectionError:
                 pass
+        if tally:
+            self.metrics.hits["manifest"] += 1
         return record
 
     async def _produce(
@@ -405,11 +511,15 @@ class Edge:
     ) -> tuple[LiveResult, bool]:
         """A coalesced miss; `ran` says whether this request's own call reached the origin."""
         ran = False
+        self.metrics.misses += 1
 
         async def generate() -> LiveResult:
             nonlocal ran
             ran = True
+            started = time.monotonic()
             result = await self.origin.live(params())
+            if result.created:
+                self.metrics.generation_seconds.observe(time.monotonic() - started)
             if result.record.canonical == canonical:
                 try:
                     await self.index.set(digest, result.record)
@@ -418,10 +528,12 @@ class Edge:
             return result
 
         async def produced_elsewhere() -> LiveResult | None:
-            record = await self._lookup(digest, canonical, org, project)
+            record = await self._lookup(digest, canonical, org, project, tally=False)
             return None if record is None else LiveResult(record, False, {})
 
         result = await self.coalescer.run(digest, generate, produced_elsewhere)
+        if not ran:
+            self.metrics.coalesced += 1
         return result, ran
 
     async def _load(self, record: LiveRecord, status: bytes, extra: Headers) -> Entry | None:
@@ -438,6 +550,7 @@ class Edge:
     # -- respond ------------------------------------------------------------------------------
 
     async def _respond(self, request: Request, send: Send, entry: Entry) -> None:
+        # Counted with plain ints here: a send wrapper would cost a tenth of a hit.
         if request.if_none_match is not None and _etag_matches(request.if_none_match, entry.etag):
             await send(
                 {
@@ -447,6 +560,7 @@ class Edge:
                 }
             )
             await send({"type": "http.response.body", "body": b""})
+            self.metrics.responded(request.family, 304, 0)
             return
         if request.range is not None:
             span = _range_for(request, entry.etag, len(entry.body))
@@ -456,11 +570,14 @@ class Edge:
                 await send({"type": "http.response.start", "status": 206, "headers": headers})
                 body = b"" if request.head else entry.body[start : end + 1]
                 await send({"type": "http.response.body", "body": body})
+                self.metrics.responded(request.family, 206, len(body))
                 return
         await send(
             {"type": "http.response.start", "status": entry.status, "headers": entry.headers}
         )
-        await send({"type": "http.response.body", "body": b"" if request.head else entry.body})
+        body = b"" if request.head else entry.body
+        await send({"type": "http.response.body", "body": body})
+        self.metrics.responded(request.family, entry.status, len(body))
 
     async def _stream(
         self,
@@ -476,6 +593,7 @@ class Edge:
         if request.if_none_match is not None and _etag_matches(request.if_none_match, record.etag):
             await send({"type": "http.response.start", "status": 304, "headers": not_modified})
             await send({"type": "http.response.body", "body": b""})
+            self.metrics.responded(request.family, 304, 0)
             return
         code, start, end = 200, 0, record.size - 1
         if request.range is not None:
@@ -486,10 +604,12 @@ class Edge:
         if request.head:
             await send({"type": "http.response.start", "status": code, "headers": headers})
             await send({"type": "http.response.body", "body": b""})
+            self.metrics.responded(request.family, code, 0)
             return
         chunks = self.store.get(record.object_key, start, end)
         first = await _first_chunk(chunks)  # errors here can still become an envelope
         await send({"type": "http.response.start", "status": code, "headers": headers})
+        self.metrics.responded(request.family, code, end - start + 1)
         try:
             await send({"type": "http.response.body", "body": first, "more_body": True})
             async for chunk in chunks:
@@ -518,6 +638,8 @@ class Edge:
         headers += [(k.lower().encode(), v.encode("latin-1")) for k, v in error.headers.items()]
         await send({"type": "http.response.start", "status": error.status, "headers": headers})
         await send({"type": "http.response.body", "body": b"" if request.head else body})
+        if request.family:
+            self.metrics.responded(request.family, error.status, 0 if request.head else len(body))
 
     # -- who is asking ------------------------------------------------------------------------
 
@@ -603,6 +725,7 @@ class Edge:
 
     async def shutdown(self) -> None:
         await self.bus.close()
+        self.variants.close()
 
     async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
         if self.fallback is None:
@@ -654,6 +777,7 @@ async def _send_health(send: Send) -> None:
                 (b"content-type", b"application/json"),
                 (b"content-length", str(len(body)).encode()),
                 (b"cache-control", b"no-store"),
+                (b"x-content-type-options", b"nosniff"),
             ],
         }
     )
@@ -789,6 +913,13 @@ def _entry(
 ) -> Entry:
     headers, not_modified = _headers(record, status, cache_control, extra, len(body))
     return Entry(200, headers, not_modified, body, record.etag, record.image_id)
+
+
+def _known(record: LiveRecord) -> Callable[[], Awaitable[tuple[LiveRecord, Headers]]]:
+    async def source() -> tuple[LiveRecord, Headers]:
+        return record, []
+
+    return source
 
 
 def _with_cache_control(entry: Entry, cache_control: bytes) -> Entry:

@@ -30,7 +30,8 @@ internal routes answer with these exact JSON shapes (dataclass field names, snak
 
     GET  /internal/images/{project_id}/{image id or @alias}
          200 {"image_id": ..., "generation_id": ..., "object_key": ..., "content_type": ...,
-              "size": ..., "etag": ..., "canonical": ""}   (the LiveRecord fields)
+              "size": ..., "etag": ..., "canonical": "",
+              "focal_point": [x, y] | null}   (the LiveRecord fields)
          404 error envelope (IMAGE_NOT_FOUND / ALIAS_NOT_FOUND)
 
 camelCase field names (keyId, projectId, imageId, ...) are accepted too. The origin cannot be
@@ -199,6 +200,7 @@ def _fields(data: Any, cls: type) -> dict[str, Any]:
 _OPTIONAL: dict[str, Any] = {
     "generation_id": None,
     "canonical": "",
+    "focal_point": None,
     "require_signed": False,
     "signing_secrets": (),
 }

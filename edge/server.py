@@ -10,6 +10,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from cache.index import open_index
 from cache.invalidation import InvalidationBus, LocalBus
 from cache.logs import configure_logging
+from cache.metrics import MetricsEndpoint
 from cache.objects import open_store
 from cache.settings import Settings
 from edge.app import create_edge
@@ -65,7 +66,13 @@ async def build_one_process(settings: Settings):  # type: ignore[no-untyped-def]
     await _bootstrap_default_project(services)
     origin = create_origin(settings, services)
     edge = create_edge(
-        settings, InProcessOrigin(services), services.store, services.index, services.bus, origin
+        settings,
+        InProcessOrigin(services),
+        services.store,
+        services.index,
+        services.bus,
+        origin,
+        metrics=services.metrics,
     )
     await _start_bus(services.bus)
     log.info(
@@ -82,7 +89,8 @@ async def build_origin(settings: Settings):  # type: ignore[no-untyped-def]
     services = await open_services(settings)
     if not settings.service_token:
         log.warning("SERVICE_TOKEN is not set: edge processes cannot reach this origin")
-    return create_origin(settings, services), services.close
+    # No edge in front: the origin counts its own requests and answers /metrics.
+    return MetricsEndpoint(create_origin(settings, services), services.metrics), services.close
 
 
 async def build_edge(settings: Settings):  # type: ignore[no-untyped-def]

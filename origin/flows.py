@@ -20,6 +20,9 @@ async def ensure_flow(session: AsyncSession, project_id: str, flow_id: str) -> F
         if flow.project_id != project_id:
             raise FlowNotFound("Flow not found.")
         return flow
+    if await _used_elsewhere(session, project_id, flow_id):
+        # Another project's lazy flow: its id is not ours to take.
+        raise FlowNotFound("Flow not found.")
     flow = Flow(id=flow_id, project_id=project_id, aliases={}, meta={})
     try:
         async with session.begin_nested():
@@ -29,6 +32,18 @@ async def ensure_flow(session: AsyncSession, project_id: str, flow_id: str) -> F
         if flow is None or flow.project_id != project_id:
             raise FlowNotFound("Flow not found.") from None
     return flow
+
+
+async def _used_elsewhere(session: AsyncSession, project_id: str, flow_id: str) -> bool:
+    for table in (Generation, Image):
+        other = await session.scalar(
+            select(table.id)
+            .where(table.flow_id == flow_id, table.project_id != project_id)
+            .limit(1)
+        )
+        if other is not None:
+            return True
+    return False
 
 
 async def find_flow(session: AsyncSession, project_id: str, flow_id: str) -> Flow:
@@ -44,12 +59,20 @@ async def flow_json(session: AsyncSession, flow: Flow) -> dict[str, Any]:
     generations = await session.scalar(
         select(func.count())
         .select_from(Generation)
-        .where(Generation.flow_id == flow.id, Generation.deleted_at.is_(None))
+        .where(
+            Generation.project_id == flow.project_id,
+            Generation.flow_id == flow.id,
+            Generation.deleted_at.is_(None),
+        )
     )
     images = await session.scalar(
         select(func.count())
         .select_from(Image)
-        .where(Image.flow_id == flow.id, Image.deleted_at.is_(None))
+        .where(
+            Image.project_id == flow.project_id,
+            Image.flow_id == flow.id,
+            Image.deleted_at.is_(None),
+        )
     )
     return {
         "id": flow.id,
@@ -66,11 +89,11 @@ async def flow_json(session: AsyncSession, flow: Flow) -> dict[str, Any]:
 async def delete_flow(session: AsyncSession, flow: Flow) -> None:
     """Hard delete of the row only; its generations and images stay, detached."""
     now = utcnow()
-    await session.execute(
-        update(Generation).where(Generation.flow_id == flow.id).values(flow_id=None, updated_at=now)
-    )
-    await session.execute(
-        update(Image).where(Image.flow_id == flow.id).values(flow_id=None, updated_at=now)
-    )
+    for table in (Generation, Image):
+        await session.execute(
+            update(table)
+            .where(table.project_id == flow.project_id, table.flow_id == flow.id)
+            .values(flow_id=None, updated_at=now)
+        )
     await session.delete(flow)
     await session.flush()

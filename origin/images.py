@@ -100,7 +100,26 @@ def image_record(image: Image, canonical: str = "") -> LiveRecord:
         size=image.file_size,
         etag=f'"{image.content_hash}"',
         canonical=canonical,
+        focal_point=(
+            (image.focal_point["x"], image.focal_point["y"]) if image.focal_point else None
+        ),
     )
+
+
+async def record_changed(session: AsyncSession, image: Image) -> Invalidation:
+    """The event that makes every edge re-read an image's record (its focal point moved, so
+    its crops did): like a delete's, but the live entries stay and are republished on their
+    next request. The caller commits, then calls `forget_everywhere` with it."""
+    digests = tuple(
+        (
+            await session.execute(
+                select(LiveEntry.cache_key).where(
+                    LiveEntry.project_id == image.project_id, LiveEntry.image_id == image.id
+                )
+            )
+        ).scalars()
+    )
+    return Invalidation(image.id, digests)
 
 
 async def soft_delete_image(session: AsyncSession, image: Image) -> Invalidation:

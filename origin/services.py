@@ -12,6 +12,7 @@ from cache.budget import Budget, MemoryBudget, RedisBudget
 from cache.errors import UpstreamUnavailable
 from cache.index import Index, open_index
 from cache.invalidation import InvalidationBus, LocalBus
+from cache.metrics import Metrics
 from cache.objects import ObjectStore, open_store
 from cache.settings import Settings
 from origin.db import make_engine, migrate, sessions
@@ -32,6 +33,10 @@ class Services:
     budget: Budget
     background: set[asyncio.Task[object]] = field(default_factory=set)
     generations_in_flight: int = 0
+    metrics: Metrics = field(default_factory=Metrics)
+
+    def __post_init__(self) -> None:
+        self.metrics.read("origin_in_flight", lambda: self.generations_in_flight)
 
     def generation_slot(self) -> _Slot:
         """Bound concurrent generations; over the cap → 503, never an unbounded queue."""

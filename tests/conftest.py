@@ -14,6 +14,7 @@ from tests.harness import Api, api_for
 from tests.servers import (
     MotoServer,
     PostgresServer,
+    RedisClusterServer,
     RedisServer,
     asyncpg_url,
     create_database,
@@ -43,6 +44,21 @@ def redis_server() -> Iterator[RedisServer]:
 def redis_url(request: pytest.FixtureRequest) -> str:
     """REDIS_URL when set, else the private server's URL (data persists across tests)."""
     return os.environ.get("REDIS_URL") or request.getfixturevalue("redis_server").url
+
+
+@pytest.fixture(scope="session")
+def redis_cluster_url() -> Iterator[str]:
+    """REDIS_CLUSTER_URL when set, else a private 3-master cluster (`redis+cluster://...`)."""
+    external = os.environ.get("REDIS_CLUSTER_URL")
+    if external:
+        yield external
+        return
+    cluster = RedisClusterServer()
+    try:
+        cluster.start()
+        yield cluster.url
+    finally:
+        cluster.close()
 
 
 @pytest.fixture(scope="session")

@@ -342,3 +342,87 @@ def s3_store_for(endpoint: str, bucket: str) -> S3Store:
         access_key_id=S3_ACCESS_KEY_ID,
         secret_access_key=S3_SECRET_ACCESS_KEY,
     )
+
+
+# -- Redis Cluster ----------------------------------------------------------------------------
+
+
+class RedisClusterServer:
+    """Three private redis-server masters in cluster mode, joined by `redis-cli --cluster create`.
+
+    Each node gets its own cluster-bus port (`cluster-port`), so no port + 10000 arithmetic can
+    land on a taken or invalid port.
+    """
+
+    def __init__(self, masters: int = 3) -> None:
+        self.binary = shutil.which("redis-server")
+        self.cli = shutil.which("redis-cli")
+        if self.binary is None or self.cli is None:
+            pytest.fail("redis-server / redis-cli not found: apt-get install redis-server")
+        self.ports = [free_port() for _ in range(masters)]
+        self.dir = Path(tempfile.mkdtemp(prefix="banatie-redis-cluster-"))
+        self._processes: list[subprocess.Popen[bytes]] = []
+
+    @property
+    def url(self) -> str:
+        """A `redis+cluster://` URL naming the first node (the client discovers the rest)."""
+        return f"redis+cluster://127.0.0.1:{self.ports[0]}"
+
+    def start(self) -> None:
+        for port in self.ports:
+            node_dir = self.dir / str(port)
+            node_dir.mkdir()
+            command = [
+                str(self.binary),
+                "--port", str(port),
+                "--bind", "127.0.0.1",
+                "--cluster-enabled", "yes",
+                "--cluster-port", str(free_port()),
+                "--cluster-config-file", str(node_dir / "nodes.conf"),
+                "--cluster-node-timeout", "2000",
+                "--save", "",
+                "--appendonly", "no",
+                "--daemonize", "no",
+                "--dir", str(node_dir),
+            ]  # fmt: skip
+            with (node_dir / "redis.log").open("ab") as log:
+                self._processes.append(
+                    subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=node_dir)
+                )
+        for port in self.ports:
+            _wait_for(lambda p=port: self._answers(p), f"cluster node on port {port}")
+        nodes = [f"127.0.0.1:{port}" for port in self.ports]
+        created = subprocess.run(
+            [str(self.cli), "--cluster", "create", *nodes, "--cluster-replicas", "0",
+             "--cluster-yes"],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        if created.returncode != 0:
+            pytest.fail(f"redis-cli --cluster create failed:\n{created.stdout}{created.stderr}")
+        _wait_for(self._ready, "the Redis Cluster (cluster_state:ok on every node)")
+
+    def close(self) -> None:
+        for process in self._processes:
+            _stop_process(process)
+        self._processes.clear()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def _answers(self, port: int) -> bool:
+        return self._command(port, "PING") == "PONG"
+
+    def _ready(self) -> bool:
+        for port in self.ports:
+            if "cluster_state:ok" not in self._command(port, "CLUSTER", "INFO"):
+                return False
+            # Every node must know every slot's owner before clients may rely on redirects.
+            slots = self._command(port, "CLUSTER", "SLOTS")
+            if slots.count("127.0.0.1") < len(self.ports):
+                return False
+        return True
+
+    def _command(self, port: int, *args: str) -> str:
+        done = subprocess.run(
+            [str(self.cli), "-h", "127.0.0.1", "-p", str(port), *args],
+            capture_output=True, text=True, timeout=10,
+        )  # fmt: skip
+        return done.stdout.strip()

@@ -59,7 +59,9 @@ async def signed_path(site: Site, **body: object) -> str:
 
 def test_canonical_query_sorts_decodes_and_drops_sig() -> None:
     pairs = signing.query_pairs(b"prompt=a+red%20fox&aspectRatio=16:9&sig=abc&b=&a=%E2%9C%93")
-    assert signing.canonical_query(pairs) == "a=%E2%9C%93&aspectRatio=16%3A9&b=&prompt=a%20red%20fox"
+    assert (
+        signing.canonical_query(pairs) == "a=%E2%9C%93&aspectRatio=16%3A9&b=&prompt=a%20red%20fox"
+    )
 
 
 def test_signature_is_hmac_sha256_of_path_and_canonical_query() -> None:
@@ -313,5 +315,7 @@ def test_cli_signs_a_url_with_the_projects_secret(tmp_path: Path) -> None:
     parts = urlsplit(url)
     assert f"{parts.scheme}://{parts.netloc}" == cli.url
     assert signing.verify([secret], parts.path, parts.query) is not None
-    full = cli.cli("sign-url", "--org", "acme", "--project", "web", f"https://cdn.example{HERO}?prompt=x")
+    full = cli.cli(
+        "sign-url", "--org", "acme", "--project", "web", f"https://cdn.example{HERO}?prompt=x"
+    )
     assert full.startswith(f"https://cdn.example{HERO}?prompt=x&sig=")

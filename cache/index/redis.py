@@ -51,9 +51,13 @@ _DOWN_ERRORS: tuple[type[BaseException], ...] = (
     asyncio.TimeoutError,
 )
 with contextlib.suppress(ImportError):
-    from redis.exceptions import ClusterDownError, MasterDownError
+    from redis.exceptions import ClusterDownError, MasterDownError, RedisClusterException
 
-    _DOWN_ERRORS = (*_DOWN_ERRORS, ClusterDownError, MasterDownError)
+    # RedisClusterException ("cannot be connected", no slot owner) is not a RedisError.
+    _DOWN_ERRORS = (*_DOWN_ERRORS, ClusterDownError, MasterDownError, RedisClusterException)
+
+# Everything a Redis call may raise when Redis (single or cluster) is away or refuses.
+REDIS_ERRORS: tuple[type[BaseException], ...] = (*_DOWN_ERRORS, RedisError)
 
 
 class IndexUnavailable(ConnectionError):
@@ -68,6 +72,20 @@ _RENEW = """
 if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) end
 return 0
 """
+
+
+async def open_pubsub(client: aioredis.Redis | RedisCluster) -> Any:
+    """A PubSub on `client`, subscribed with plain SUBSCRIBE.
+
+    In a cluster, redis-py's ClusterPubSub subscribes on the node owning the channel's slot,
+    which it looks up in the client's slot cache: empty until the client has run a command, and
+    then subscribe fails with a KeyError, so the client is initialised first. One node is
+    enough: a plain PUBLISH is forwarded to every node over the cluster bus, so a subscriber on
+    any node hears every message (sharded SPUBLISH would not be, and is not used).
+    """
+    if isinstance(client, RedisCluster):
+        await client.initialize()
+    return client.pubsub()
 
 
 def connect(
@@ -106,8 +124,12 @@ class RedisIndex:
         self,
         client: aioredis.Redis | RedisCluster,
         retry_s: float = RETRY_S,
+        listen_client: aioredis.Redis | RedisCluster | None = None,
     ) -> None:
         self._redis = client
+        # The subscription on a client of its own: a cluster client that reinitialises after
+        # an error drops every connection it holds, the subscribed one included.
+        self._listen_redis = listen_client if listen_client is not None else client
         self._retry_s = retry_s
         self._release = client.register_script(_RELEASE)
         self._renew = client.register_script(_RENEW)
@@ -120,7 +142,9 @@ class RedisIndex:
 
     @classmethod
     def from_url(cls, url: str, socket_timeout: float = SOCKET_TIMEOUT_S) -> RedisIndex:
-        return cls(connect(url, socket_timeout))
+        return cls(
+            connect(url, socket_timeout), listen_client=connect(url, socket_timeout, retries=0)
+        )
 
     @property
     def client(self) -> aioredis.Redis | RedisCluster:
@@ -155,8 +179,9 @@ class RedisIndex:
             for future in futures:
                 future.cancel()
         self._waiters.clear()
-        with contextlib.suppress(Exception):
-            await self._redis.aclose()
+        for client in {id(c): c for c in (self._redis, self._listen_redis)}.values():
+            with contextlib.suppress(Exception):
+                await client.aclose()
 
     # -- cross-process coalescing -----------------------------------------------------------
 
@@ -213,8 +238,14 @@ class RedisIndex:
         except _DOWN_ERRORS as e:
             self._mark_down(e)
             raise IndexUnavailable(f"Redis is down: {e}") from e
-        except RedisError as e:
+        except REDIS_ERRORS as e:
             raise IndexUnavailable(f"Redis error: {e}") from e
+        except Exception as e:
+            # redis-py's cluster client, reinitialising after a timeout, closes connections
+            # other commands are using; they fail with AttributeError and the like. The index
+            # is a cache: whatever goes wrong in it is a miss, never a failed request.
+            log.warning("Redis client failed (%s: %s); treating it as a miss", type(e).__name__, e)
+            raise IndexUnavailable(f"Redis client error: {e}") from e
         if not self.healthy:
             log.info("Redis is back")
             self.healthy = True
@@ -238,8 +269,9 @@ class RedisIndex:
 
     async def _listen(self) -> None:
         while not self._closed:
-            pubsub = self._redis.pubsub()
+            pubsub = None
             try:
+                pubsub = await open_pubsub(self._listen_redis)
                 await pubsub.subscribe(READY_CHANNEL)
                 self.listening.set()
                 while True:
@@ -248,12 +280,13 @@ class RedisIndex:
                         self._wake(message["data"])
             except asyncio.CancelledError:
                 raise
-            except (*_DOWN_ERRORS, RedisError) as e:
+            except REDIS_ERRORS as e:
                 self.listening.clear()
                 self._mark_down(e)
             finally:
-                with contextlib.suppress(Exception):
-                    await pubsub.aclose()
+                if pubsub is not None:
+                    with contextlib.suppress(Exception):
+                        await pubsub.aclose()
             await asyncio.sleep(self._retry_s)
 
     def _wake(self, data: bytes | str) -> None:

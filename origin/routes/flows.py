@@ -65,7 +65,9 @@ async def generations(request: Request):  # type: ignore[no-untyped-def]
     async with services.sessions() as session:
         flow = await find_flow(session, project.project_id, request.path_params["id"])
         query = select(Generation).where(
-            Generation.flow_id == flow.id, Generation.deleted_at.is_(None)
+            Generation.project_id == flow.project_id,
+            Generation.flow_id == flow.id,
+            Generation.deleted_at.is_(None),
         )
         rows, total = await paged(
             session,

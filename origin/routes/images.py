@@ -36,7 +36,13 @@ from origin.envelope import (
     resource,
 )
 from origin.flows import ensure_flow
-from origin.images import forget_everywhere, image_json, soft_delete_image, store_image
+from origin.images import (
+    forget_everywhere,
+    image_json,
+    record_changed,
+    soft_delete_image,
+    store_image,
+)
 from origin.imaging import inspect_image_async
 from origin.models import Image, new_id, utcnow
 
@@ -217,14 +223,18 @@ async def update(request: Request):  # type: ignore[no-untyped-def]
         image = await find_image(session, project.project_id, request.path_params["id"])
         if alias is not ...:
             await assign_project_alias(session, image, alias)
+        moved = None
         if focal is not ...:
-            image.focal_point = (
-                None if focal is None else {"x": float(focal["x"]), "y": float(focal["y"])}
-            )
+            point = None if focal is None else {"x": float(focal["x"]), "y": float(focal["y"])}
+            if point != image.focal_point:
+                image.focal_point = point
+                moved = await record_changed(session, image)  # its crops change
         if meta is not None:
             image.meta = meta
         image.updated_at = utcnow()
         await session.commit()
+        if moved is not None:
+            await forget_everywhere(services, project, moved)
         return ok(image_json(image, project, services.settings.public_url))
 
 
