@@ -46,6 +46,7 @@ from loadtests.processes import (
     rss_bytes,
     run_banatie,
     start_banatie,
+    start_bare,
     start_nginx,
     start_redis,
     start_stub,
@@ -54,6 +55,9 @@ from loadtests.processes import (
 ORG, PROJECT = "default", "default"
 KB = 1024
 MB = 1024 * 1024
+# Headers the server adds itself or that belong to one connection (urllib sends
+# "Connection: close", so the edge answered with it).
+_NOT_FORWARDED = ("date", "server", "connection", "keep-alive", "transfer-encoding")
 
 
 @dataclass
@@ -156,6 +160,10 @@ def versions() -> dict[str, str]:
             text = (done.stdout + done.stderr).strip().splitlines()[0]
         except (OSError, IndexError, subprocess.TimeoutExpired):
             text = "not found"
+        # nginx -v, wrk -v and redis-server --version say more than the version: trim them
+        text = text.removeprefix("nginx version: ").split(" [")[0]
+        if name == "redis-server":
+            text = " ".join(text.split()[:3])
         found[name] = text
     return found
 
@@ -209,7 +217,9 @@ class HitPath:
             f"p99 {r.p99_ms:7.2f} ms  {cpu}  errors {r.errors}"
         )
         if r.errors:
-            self.results.notes.append(f"{target} at {size // KB} KB: {r.errors} errors in wrk")
+            self.results.notes.append(
+                f"{target} at {size // KB} KB: {r.errors} wrk errors (timeouts or non-2xx)"
+            )
         return row
 
     def check_hits(
@@ -240,6 +250,7 @@ class HitPath:
                 )
             self.bodies[size] = body
         self.check_hits(base)
+        bare, bare_base = start_bare(self.processes, self._bare_folder(base))
 
         nginx, static_base, proxy_base = start_nginx(
             self.processes,
@@ -258,10 +269,24 @@ class HitPath:
             self.measure("nginx static", f"/{size}.png", size, f"{static_base}/{size}.png", worker)
             self.measure("nginx proxy_cache → serve", path, size, proxy_base + path, worker)
             self.measure("edge: L1 hit", path, size, base + path, serve.pid)
+            bare_path = f"/{size}.png"
+            self.measure("uvicorn: bare ASGI app", bare_path, size, bare_base + bare_path, bare.pid)
         if args.profile:
             self.profile(serve, base + self.paths[args.sizes[0]])
         self.processes.stop(nginx)
+        self.processes.stop(bare)
         return serve, base
+
+    def _bare_folder(self, base: str) -> Path:
+        """The edge's exact answers (headers and bytes) as files for the bare ASGI app."""
+        folder = self.processes.workdir / "bare"
+        folder.mkdir(parents=True, exist_ok=True)
+        for size, path in self.paths.items():
+            _, headers, body = http_get(base + path)
+            sent = [[k, v] for k, v in headers.items() if k not in _NOT_FORWARDED]
+            (folder / f"{size}.png").write_bytes(body)
+            (folder / f"{size}.png.headers.json").write_text(json.dumps(sent))
+        return folder
 
     def run_lower_tiers(self, redis_url: str) -> None:
         args = self.args
@@ -554,6 +579,8 @@ def memory(
     before = rss_bytes(process.pid)
     started = time.perf_counter()
     first = client.run(_fill(base, paths, 16))
+    if set(first) != {"200"}:
+        results.notes.append(f"memory ({name}): first pass answered {first}")
     seconds = time.perf_counter() - started
     after_one = rss_bytes(process.pid)
     second = client.run(_fill(base, paths, 16))
@@ -571,7 +598,7 @@ def memory(
     }
     results.memory.append(entry)
     say(
-        f"  RSS {before / MB:.0f} MB at start → {after_one / MB:.0f} MB after 10k keys → "
+        f"  RSS {before / MB:.0f} MB at start → {after_one / MB:.0f} MB after {len(paths)} keys → "
         f"{after_two / MB:.0f} MB after a second pass ({first}, {second})"
     )
 
@@ -648,7 +675,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--duration", type=float, default=15.0, help="seconds per wrk row (15)")
     parser.add_argument("--warmup", type=float, default=2.0, help="wrk seconds before each row (2)")
     parser.add_argument("--connections", type=int, default=64, help="wrk connections (64)")
-    parser.add_argument("--threads", type=int, default=2, help="wrk threads (2)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="wrk threads (1: one core for wrk, one for the server)",
+    )
     parser.add_argument("--sizes", default="50,300", help="image sizes in KB (50,300)")
     parser.add_argument("--only", default="hits,miss,herd,memory", help="sections to run")
     parser.add_argument("--herd-clients", type=int, default=500)

@@ -250,6 +250,24 @@ def start_stub(processes: Processes) -> tuple[Process, str]:
     return process, url
 
 
+def start_bare(processes: Processes, folder: Path) -> tuple[Process, str]:
+    """loadtests/bare_asgi.py serving the files of `folder`: uvicorn's own floor."""
+    port = free_port()
+    command = [
+        sys.executable,
+        "-m",
+        "loadtests.bare_asgi",
+        "--port",
+        str(port),
+        "--folder",
+        str(folder),
+    ]
+    process = processes.start("bare-asgi", command)
+    url = f"http://127.0.0.1:{port}"
+    process.wait_until(answers_http(url + "/"))
+    return process, url
+
+
 def banatie_command(command: str, port: int) -> list[str]:
     return [sys.executable, "-m", "edge.cli", command, "--port", str(port), "--workers", "1"]
 
@@ -369,8 +387,12 @@ def nginx_worker(process: Process) -> int:
     """The pid of the (single) nginx worker, whose CPU time is the server's."""
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
-        found = children(process.pid)
-        if found:
-            return found[0]
+        for pid in children(process.pid):  # also the cache manager and loader
+            try:
+                with open(f"/proc/{pid}/cmdline", "rb") as f:
+                    if b"worker process" in f.read():
+                        return pid
+            except OSError:
+                continue
         time.sleep(0.05)
     raise StartError("nginx has no worker process")

@@ -94,7 +94,7 @@ def markdown(results: Any) -> str:
         f"load average {results.load_before} before, {results.load_after} after.",
         f"- Versions: Python {v['python']}, uvicorn {v['uvicorn']} (uvloop {v['uvloop']}, "
         f"httptools {v['httptools']}), {v['nginx']}, {v['wrk']}, {v['redis-server']}.",
-        f"- wrk: {results.settings['threads']} threads, {results.settings['connections']} "
+        f"- wrk: {results.settings['threads']} thread(s), {results.settings['connections']} "
         f"connections, {results.settings['duration_s']:g} s per row after "
         f"{results.settings['warmup_s']:g} s of warm-up; one nginx worker, one banatie worker.",
         "",
@@ -125,14 +125,15 @@ def markdown(results: Any) -> str:
         lines += [
             "### Where an L1 hit's time goes (py-spy)",
             "",
-            f"{p['samples']} samples of the L1 edge under wrk ({p['route']}); "
-            "share of samples in which the frame is running (self) or on the stack (total).",
+            f"{p['samples']} samples of the L1 edge under wrk (`/{p['route']}`): the share of "
+            "samples in which a frame is running (self; `Runner.run` is the loop waiting in "
+            "epoll) or is on the stack (the project's own frames).",
             "",
             "| self | frame |",
             "|---:|---|",
         ]
         lines += [f"| {pct:.1f}% | `{frame}` |" for frame, pct in p["self"][:12]]
-        lines += ["", "| total | frame |", "|---:|---|"]
+        lines += ["", "| on the stack | project frame |", "|---:|---|"]
         lines += [f"| {pct:.1f}% | `{frame}` |" for frame, pct in p["total"][:14]]
         lines.append("")
     if results.herd:
@@ -266,11 +267,16 @@ def summarise_profile(raw: str, top: int = 20) -> dict[str, Any]:
     def share(counter: Counter[str]) -> list[tuple[str, float]]:
         return [(frame, 100 * n / samples) for frame, n in counter.most_common(top)]
 
-    # Frames every sample passes through (process start, the event loop) say nothing.
-    busy = Counter({f: n for f, n in total.items() if n < 0.95 * samples})
-    return {"samples": samples, "self": share(own), "total": share(busy)}
+    # On the stack: the project's own frames (the process start and the loop say nothing).
+    ours = Counter({f: n for f, n in total.items() if f.split("(", 1)[-1].startswith(_OURS)})
+    return {"samples": samples, "self": share(own), "total": share(ours)}
+
+
+_OURS = ("edge/app", "edge/server", "cache/", "origin/")
+_ROOT = str(Path(__file__).resolve().parent.parent)
 
 
 def _short(frame: str) -> str:
     """`func (path/to/site-packages/pkg/mod.py:12)` → `func (pkg/mod.py:12)`."""
+    frame = frame.replace(f"({_ROOT}/", "(")
     return re.sub(r"\((?:[^()]*/site-packages/|[^()]*/python3\.\d+/)", "(", frame)

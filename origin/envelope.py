@@ -45,7 +45,7 @@ def page(items: list[Any], total: int, limit: int, offset: int) -> JSONResponse:
     )
 
 
-async def paged(session: Any, query: Any, order: tuple[Any, ...], limit: int, offset: int):  # type: ignore[no-untyped-def]
+async def paged(session: Any, query: Any, limit: int, offset: int, *order: Any):  # type: ignore[no-untyped-def]
     """One page of `query` in `order`, and the total number of rows it matches."""
     total = await session.scalar(select(func.count()).select_from(query.subquery()))
     rows = (await session.execute(query.order_by(*order).limit(limit).offset(offset))).scalars()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from sqlalchemy import select
 from starlette.requests import Request
+from starlette.responses import Response
 
 from cache.errors import AliasNotFound, ValidationError
 from origin.aliases import check_alias, live_image
@@ -15,7 +16,7 @@ from origin.images import image_json
 from origin.models import Flow, Generation, Image, utcnow
 
 
-async def create(request: Request):  # type: ignore[no-untyped-def]
+async def create(request: Request) -> Response:
     services = services_of(request)
     project = await project_of(request)
     body = await read_json(request, services.settings.max_body_bytes, required=False)
@@ -30,27 +31,18 @@ async def create(request: Request):  # type: ignore[no-untyped-def]
         return ok(await flow_json(session, flow), 201)
 
 
-async def list_(request: Request):  # type: ignore[no-untyped-def]
+async def list_(request: Request) -> Response:
     services = services_of(request)
     project = await project_of(request)
     limit, offset = pagination(request)
     query = select(Flow).where(Flow.project_id == project.project_id)
     async with services.sessions() as session:
-        rows, total = await paged(
-            session,
-            query,
-            (
-                Flow.created_at.desc(),
-                Flow.id,
-            ),
-            limit,
-            offset,
-        )
+        rows, total = await paged(session, query, limit, offset, Flow.created_at.desc(), Flow.id)
         items = [await flow_json(session, flow) for flow in rows]
     return page(items, total, limit, offset)
 
 
-async def get(request: Request):  # type: ignore[no-untyped-def]
+async def get(request: Request) -> Response:
     services = services_of(request)
     project = await project_of(request)
     async with services.sessions() as session:
@@ -58,7 +50,7 @@ async def get(request: Request):  # type: ignore[no-untyped-def]
         return ok(await flow_json(session, flow))
 
 
-async def generations(request: Request):  # type: ignore[no-untyped-def]
+async def generations(request: Request) -> Response:
     services = services_of(request)
     project = await project_of(request)
     limit, offset = pagination(request)
@@ -70,14 +62,7 @@ async def generations(request: Request):  # type: ignore[no-untyped-def]
             Generation.deleted_at.is_(None),
         )
         rows, total = await paged(
-            session,
-            query,
-            (
-                Generation.created_at.desc(),
-                Generation.id,
-            ),
-            limit,
-            offset,
+            session, query, limit, offset, Generation.created_at.desc(), Generation.id
         )
         items = [
             await generation_json(session, g, project, services.settings.public_url) for g in rows
@@ -85,28 +70,19 @@ async def generations(request: Request):  # type: ignore[no-untyped-def]
     return page(items, total, limit, offset)
 
 
-async def images(request: Request):  # type: ignore[no-untyped-def]
+async def images(request: Request) -> Response:
     services = services_of(request)
     project = await project_of(request)
     limit, offset = pagination(request)
     async with services.sessions() as session:
         flow = await find_flow(session, project.project_id, request.path_params["id"])
         query = live_image(project.project_id).where(Image.flow_id == flow.id)
-        rows, total = await paged(
-            session,
-            query,
-            (
-                Image.created_at.desc(),
-                Image.id,
-            ),
-            limit,
-            offset,
-        )
+        rows, total = await paged(session, query, limit, offset, Image.created_at.desc(), Image.id)
         items = [image_json(i, project, services.settings.public_url) for i in rows]
     return page(items, total, limit, offset)
 
 
-async def put_aliases(request: Request):  # type: ignore[no-untyped-def]
+async def put_aliases(request: Request) -> Response:
     services = services_of(request)
     project = await project_of(request)
     body = await read_json(request, services.settings.max_body_bytes)
@@ -138,7 +114,7 @@ async def put_aliases(request: Request):  # type: ignore[no-untyped-def]
         return ok(await flow_json(session, flow))
 
 
-async def delete_alias(request: Request):  # type: ignore[no-untyped-def]
+async def delete_alias(request: Request) -> Response:
     services = services_of(request)
     project = await project_of(request)
     alias = request.path_params["alias"]
@@ -152,7 +128,7 @@ async def delete_alias(request: Request):  # type: ignore[no-untyped-def]
         return ok(await flow_json(session, flow))
 
 
-async def delete(request: Request):  # type: ignore[no-untyped-def]
+async def delete(request: Request) -> Response:
     services = services_of(request)
     project = await project_of(request)
     async with services.sessions() as session:

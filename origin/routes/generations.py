@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from sqlalchemy import select
 from starlette.requests import Request
+from starlette.responses import Response
 
 from cache.budget import BudgetState
 from cache.errors import ApiError, Conflict, ValidationError
@@ -40,7 +41,7 @@ STATUSES = ("pending", "processing", "success", "failed")
 MAX_RETRIES = 3
 
 
-async def create(request: Request):  # type: ignore[no-untyped-def]
+async def create(request: Request) -> Response:
     services = services_of(request)
     project = await project_of(request)
     body = await read_json(request, services.settings.max_body_bytes)
@@ -79,7 +80,7 @@ async def _run_quietly(services, project, generation_id: str) -> None:  # type: 
         pass  # recorded on the row as `failed`
 
 
-async def list_(request: Request):  # type: ignore[no-untyped-def]
+async def list_(request: Request) -> Response:
     services = services_of(request)
     project = await project_of(request)
     limit, offset = pagination(request)
@@ -98,14 +99,7 @@ async def list_(request: Request):  # type: ignore[no-untyped-def]
         query = query.where(Generation.deleted_at.is_(None))
     async with services.sessions() as session:
         rows, total = await paged(
-            session,
-            query,
-            (
-                Generation.created_at.desc(),
-                Generation.id.desc(),
-            ),
-            limit,
-            offset,
+            session, query, limit, offset, Generation.created_at.desc(), Generation.id.desc()
         )
         items = [
             await generation_json(session, g, project, services.settings.public_url) for g in rows
@@ -113,7 +107,7 @@ async def list_(request: Request):  # type: ignore[no-untyped-def]
     return page(items, total, limit, offset)
 
 
-async def get(request: Request):  # type: ignore[no-untyped-def]
+async def get(request: Request) -> Response:
     services = services_of(request)
     project = await project_of(request)
     async with services.sessions() as session:
@@ -121,7 +115,7 @@ async def get(request: Request):  # type: ignore[no-untyped-def]
         return ok(await generation_json(session, generation, project, services.settings.public_url))
 
 
-async def retry(request: Request):  # type: ignore[no-untyped-def]
+async def retry(request: Request) -> Response:
     services = services_of(request)
     project = await project_of(request)
     body = await read_json(request, services.settings.max_body_bytes, required=False)
@@ -153,7 +147,7 @@ async def retry(request: Request):  # type: ignore[no-untyped-def]
     return await _run_and_answer(services, project, generation.id, budget, 200)
 
 
-async def regenerate(request: Request):  # type: ignore[no-untyped-def]
+async def regenerate(request: Request) -> Response:
     services = services_of(request)
     project = await project_of(request)
     async with services.sessions() as session:
@@ -162,7 +156,7 @@ async def regenerate(request: Request):  # type: ignore[no-untyped-def]
     return await _run_and_answer(services, project, generation.id, budget, 200, regenerate=True)
 
 
-async def update(request: Request):  # type: ignore[no-untyped-def]
+async def update(request: Request) -> Response:
     services = services_of(request)
     project = await project_of(request)
     body = await read_json(request, services.settings.max_body_bytes)
@@ -181,7 +175,7 @@ async def update(request: Request):  # type: ignore[no-untyped-def]
         return ok(await generation_json(session, generation, project, services.settings.public_url))
 
 
-async def delete(request: Request):  # type: ignore[no-untyped-def]
+async def delete(request: Request) -> Response:
     services = services_of(request)
     project = await project_of(request)
     event = None

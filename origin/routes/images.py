@@ -7,6 +7,7 @@ import json
 from sqlalchemy import select
 from starlette.datastructures import UploadFile
 from starlette.requests import Request
+from starlette.responses import Response
 
 from cache.errors import (
     AliasNotFound,
@@ -58,7 +59,7 @@ def _query_flow_id(request: Request) -> str | None:
     return flow_id.lower()
 
 
-async def upload(request: Request):  # type: ignore[no-untyped-def]
+async def upload(request: Request) -> Response:
     services = services_of(request)
     project = await project_of(request)
     settings = services.settings
@@ -130,7 +131,7 @@ async def upload(request: Request):  # type: ignore[no-untyped-def]
         return ok(image_json(image, project, settings.public_url), 201)
 
 
-async def list_(request: Request):  # type: ignore[no-untyped-def]
+async def list_(request: Request) -> Response:
     services = services_of(request)
     project = await project_of(request)
     limit, offset = pagination(request)
@@ -149,21 +150,12 @@ async def list_(request: Request):  # type: ignore[no-untyped-def]
     if alias is not None:
         query = query.where(Image.alias == alias)
     async with services.sessions() as session:
-        rows, total = await paged(
-            session,
-            query,
-            (
-                Image.created_at.desc(),
-                Image.id,
-            ),
-            limit,
-            offset,
-        )
+        rows, total = await paged(session, query, limit, offset, Image.created_at.desc(), Image.id)
         items = [image_json(i, project, services.settings.public_url) for i in rows]
     return page(items, total, limit, offset)
 
 
-async def get(request: Request):  # type: ignore[no-untyped-def]
+async def get(request: Request) -> Response:
     services = services_of(request)
     project = await project_of(request)
     flow_id = _query_flow_id(request)
@@ -172,7 +164,7 @@ async def get(request: Request):  # type: ignore[no-untyped-def]
         return ok(image_json(image, project, services.settings.public_url))
 
 
-async def resolve(request: Request):  # type: ignore[no-untyped-def]
+async def resolve(request: Request) -> Response:
     services = services_of(request)
     project = await project_of(request)
     alias = request.path_params["alias"]
@@ -196,7 +188,7 @@ async def resolve(request: Request):  # type: ignore[no-untyped-def]
         )
 
 
-async def update(request: Request):  # type: ignore[no-untyped-def]
+async def update(request: Request) -> Response:
     services = services_of(request)
     project = await project_of(request)
     body = await read_json(request, services.settings.max_body_bytes)
@@ -238,7 +230,7 @@ async def update(request: Request):  # type: ignore[no-untyped-def]
         return ok(image_json(image, project, services.settings.public_url))
 
 
-async def put_alias(request: Request):  # type: ignore[no-untyped-def]
+async def put_alias(request: Request) -> Response:
     services = services_of(request)
     project = await project_of(request)
     body = await read_json(request, services.settings.max_body_bytes)
@@ -254,7 +246,7 @@ async def put_alias(request: Request):  # type: ignore[no-untyped-def]
         return ok(image_json(image, project, services.settings.public_url))
 
 
-async def delete(request: Request):  # type: ignore[no-untyped-def]
+async def delete(request: Request) -> Response:
     services = services_of(request)
     project = await project_of(request)
     async with services.sessions() as session:

@@ -6,6 +6,7 @@ from typing import Any
 
 from sqlalchemy import select
 from starlette.requests import Request
+from starlette.responses import Response
 
 from cache.errors import Forbidden, KeyNotFound, ValidationError
 from origin.auth import master_of, services_of
@@ -28,7 +29,7 @@ def created_json(created: CreatedKey) -> dict[str, Any]:
     }
 
 
-async def bootstrap(request: Request):  # type: ignore[no-untyped-def]
+async def bootstrap(request: Request) -> Response:
     services = services_of(request)
     body = await read_json(request, services.settings.max_body_bytes, required=False)
     name = optional_str(body, "name", 200) or "initial master key"
@@ -40,7 +41,7 @@ async def bootstrap(request: Request):  # type: ignore[no-untyped-def]
     return ok(created_json(created), 201)
 
 
-async def create(request: Request):  # type: ignore[no-untyped-def]
+async def create(request: Request) -> Response:
     services = services_of(request)
     await master_of(request)
     body = await read_json(request, services.settings.max_body_bytes)
@@ -61,7 +62,7 @@ async def create(request: Request):  # type: ignore[no-untyped-def]
     return ok(created_json(created), 201)
 
 
-async def list_(request: Request):  # type: ignore[no-untyped-def]
+async def list_(request: Request) -> Response:
     services = services_of(request)
     await master_of(request)
     async with services.sessions() as session:
@@ -87,7 +88,7 @@ async def list_(request: Request):  # type: ignore[no-untyped-def]
     return ok(items)
 
 
-async def revoke(request: Request):  # type: ignore[no-untyped-def]
+async def revoke(request: Request) -> Response:
     services = services_of(request)
     await master_of(request)
     key_id = path_uuid(request.path_params["id"], KeyNotFound, "Key")

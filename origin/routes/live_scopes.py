@@ -7,6 +7,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from starlette.requests import Request
+from starlette.responses import Response
 
 from cache.errors import Conflict, ScopeNotFound, ValidationError
 from origin.auth import project_of, services_of
@@ -51,7 +52,7 @@ async def _find(session, project_id: str, slug: str) -> LiveScope:  # type: igno
     return scope
 
 
-async def create(request: Request):  # type: ignore[no-untyped-def]
+async def create(request: Request) -> Response:
     services = services_of(request)
     project = await project_of(request)
     body = await read_json(request, services.settings.max_body_bytes)
@@ -76,33 +77,26 @@ async def create(request: Request):  # type: ignore[no-untyped-def]
         return ok(scope_json(scope), 201)
 
 
-async def list_(request: Request):  # type: ignore[no-untyped-def]
+async def list_(request: Request) -> Response:
     services = services_of(request)
     project = await project_of(request)
     limit, offset = pagination(request)
     query = select(LiveScope).where(LiveScope.project_id == project.project_id)
     async with services.sessions() as session:
         rows, total = await paged(
-            session,
-            query,
-            (
-                LiveScope.created_at.desc(),
-                LiveScope.id,
-            ),
-            limit,
-            offset,
+            session, query, limit, offset, LiveScope.created_at.desc(), LiveScope.id
         )
         return page([scope_json(s) for s in rows], total, limit, offset)
 
 
-async def get(request: Request):  # type: ignore[no-untyped-def]
+async def get(request: Request) -> Response:
     services = services_of(request)
     project = await project_of(request)
     async with services.sessions() as session:
         return ok(scope_json(await _find(session, project.project_id, request.path_params["slug"])))
 
 
-async def update(request: Request):  # type: ignore[no-untyped-def]
+async def update(request: Request) -> Response:
     services = services_of(request)
     project = await project_of(request)
     body = await read_json(request, services.settings.max_body_bytes)
@@ -124,7 +118,7 @@ async def update(request: Request):  # type: ignore[no-untyped-def]
         return ok(scope_json(scope))
 
 
-async def delete(request: Request):  # type: ignore[no-untyped-def]
+async def delete(request: Request) -> Response:
     services = services_of(request)
     project = await project_of(request)
     async with services.sessions() as session:

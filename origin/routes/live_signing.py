@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 
 from starlette.requests import Request
+from starlette.responses import Response
 
 from cache.errors import ValidationError
 from cache.invalidation import Invalidation
@@ -31,7 +32,7 @@ async def _tell_edges(services: Services, project_id: str) -> None:
         log.warning("invalidation bus unavailable; edges see signing changes within the key TTL")
 
 
-async def sign(request: Request):  # type: ignore[no-untyped-def]
+async def sign(request: Request) -> Response:
     services = services_of(request)
     ctx = await project_of(request)
     body = await read_json(request, services.settings.max_body_bytes)
@@ -43,14 +44,14 @@ async def sign(request: Request):  # type: ignore[no-untyped-def]
     return ok({"url": services.settings.public_url + path, "path": path, "expiresAt": expires_at})
 
 
-async def get_state(request: Request):  # type: ignore[no-untyped-def]
+async def get_state(request: Request) -> Response:
     services = services_of(request)
     ctx = await project_of(request)
     async with services.sessions() as session:
         return ok(signing.state_json(await _project_row(session, ctx.project_id)))
 
 
-async def put_state(request: Request):  # type: ignore[no-untyped-def]
+async def put_state(request: Request) -> Response:
     services = services_of(request)
     ctx = await project_of(request)
     body = await read_json(request, services.settings.max_body_bytes)
@@ -66,7 +67,7 @@ async def put_state(request: Request):  # type: ignore[no-untyped-def]
     return ok(state)
 
 
-async def rotate(request: Request):  # type: ignore[no-untyped-def]
+async def rotate(request: Request) -> Response:
     services = services_of(request)
     ctx = await project_of(request)
     async with services.sessions() as session:
