@@ -14,6 +14,7 @@ storage, nor a thread: its status, headers and body were prepared when it entere
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import hashlib
 import ipaddress
@@ -197,6 +198,7 @@ class Edge:
             IMAGE_TTL_S, MAX_CACHED_REFS
         )
         self._trusted = _networks(settings.trusted_proxies)
+        self._lookups: dict[str, asyncio.Future[LiveRecord | None]] = {}
         self._parsed = functools.lru_cache(maxsize=MEMO_QUERIES)(parse_live_query)
         self.variants = VariantCache(settings, store, index)
         bus.subscribe(self._invalidate)
@@ -370,7 +372,7 @@ class Edge:
             return await self._respond(request, send, entry)
 
         digest = key.digest
-        record = await self._lookup(digest, canonical, org, project)
+        record = await self._shared_lookup(digest, canonical, org, project)
         if record is not None:
             entry = await self._load(record, b"HIT", extra)
             if entry is not None:
@@ -391,7 +393,10 @@ class Edge:
             headers.append((b"x-generation-id", record.generation_id.encode()))
         if ran:
             headers += [(k.lower().encode(), v.encode()) for k, v in result.rate_headers.items()]
-        cached = await self._load(record, b"HIT", extra)
+        # Waiters of one generation resume one after another: the first fills L1 for the rest.
+        cached = self.l1.get(canonical) if record.canonical == canonical else None
+        if cached is None:
+            cached = await self._load(record, b"HIT", extra)
         if cached is None:
             if self.l1.fits(record.size):
                 raise ImageNotFound("The generated image is no longer available.")
@@ -465,6 +470,17 @@ class Edge:
         if ran:
             miss += [(k.lower().encode(), v.encode()) for k, v in result.rate_headers.items()]
         return result.record, miss
+
+    async def _shared_lookup(
+        self, digest: str, canonical: str, org: str, project: str
+    ) -> LiveRecord | None:
+        """One lookup per key at a time: a herd of identical L1 misses shares it."""
+        lookup = self._lookups.get(digest)
+        if lookup is None:
+            lookup = asyncio.ensure_future(self._lookup(digest, canonical, org, project))
+            self._lookups[digest] = lookup
+            lookup.add_done_callback(lambda _: self._lookups.pop(digest, None))
+        return await asyncio.shield(lookup)
 
     async def _lookup(
         self, digest: str, canonical: str, org: str, project: str, tally: bool = True

@@ -40,6 +40,7 @@ log = logging.getLogger("banatie.redis")
 READY_CHANNEL = "banatie:ready"
 SOCKET_TIMEOUT_S = 0.5
 RETRY_S = 1.0
+MAX_CONNECTIONS = 4096
 
 T = TypeVar("T")
 
@@ -111,6 +112,10 @@ def connect(
         socket_timeout=socket_timeout,
         socket_connect_timeout=socket_timeout,
         retry=Retry(NoBackoff(), retries),
+        # redis-py's asyncio pool stops at 100 connections with ConnectionError("Too many
+        # connections"), which _call reads as "Redis is down" for RETRY_S: a herd would switch
+        # off the cross-process lock. The real bound is the edge's own concurrency.
+        max_connections=MAX_CONNECTIONS,
     )
     if cluster:
         return RedisCluster.from_url(plain, **options)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import os
 import stat
 import tempfile
@@ -39,6 +40,7 @@ class LocalStore:
 
     def __init__(self, root: Path) -> None:
         self.root = Path(root).resolve()
+        self._safe_folders: set[Path] = set()
 
     async def put(self, key: str, data: bytes, content_type: str) -> None:
         path = self._path(key)
@@ -49,10 +51,11 @@ class LocalStore:
         remaining = _range_length(start, end)
         path = self._path(key)
         try:
-            f = open(path, "rb", buffering=0)  # noqa: ASYNC230 - page-cached, see module doc
+            f = open(path, "rb", buffering=0, opener=_no_follow)  # noqa: ASYNC230 - page-cached
         except _MISSING:
             raise ObjectNotFound(key) from None
         except OSError as e:
+            _refuse_symlink(key, e)
             raise StorageUnavailable(f"cannot read object {key!r}: {e}") from e
         with f:
             f.seek(start)
@@ -67,10 +70,12 @@ class LocalStore:
     async def read(self, key: str) -> bytes:
         path = self._path(key)
         try:
-            return path.read_bytes()
+            with open(path, "rb", buffering=0, opener=_no_follow) as f:  # noqa: ASYNC230
+                return f.readall()
         except _MISSING:
             raise ObjectNotFound(key) from None
         except OSError as e:
+            _refuse_symlink(key, e)
             raise StorageUnavailable(f"cannot read object {key!r}: {e}") from e
 
     async def head(self, key: str) -> ObjectInfo:
@@ -115,9 +120,14 @@ class LocalStore:
         if any(part.startswith(".") for part in key.split("/")):
             raise InvalidObjectKey(f"object key {key!r} has a hidden segment (reserved)")
         path = self.root / key
-        # Catches symlinks inside root that point out of it.
-        if not path.resolve().is_relative_to(self.root):
-            raise InvalidObjectKey(f"object key {key!r} escapes the store's root")
+        # Catches symlinks inside root that point out of it. Folders are few ({org}/{project}/
+        # img, live): each is resolved once (a realpath costs an lstat per part); reads open
+        # the file itself with O_NOFOLLOW.
+        folder = path.parent
+        if folder not in self._safe_folders:
+            if not folder.resolve().is_relative_to(self.root):
+                raise InvalidObjectKey(f"object key {key!r} escapes the store's root")
+            self._safe_folders.add(folder)
         return path
 
     # -- blocking work, run in a thread -----------------------------------------------------
@@ -160,6 +170,16 @@ class LocalStore:
             raise StorageUnavailable(
                 f"object directory {self.root} is not usable (OBJECTS_DIR): {e}"
             ) from e
+
+
+def _no_follow(path: str, flags: int) -> int:
+    """Open without following a symlink in the last part of the path."""
+    return os.open(path, flags | os.O_NOFOLLOW)
+
+
+def _refuse_symlink(key: str, error: OSError) -> None:
+    if error.errno == errno.ELOOP:
+        raise InvalidObjectKey(f"object key {key!r} is a symlink") from error
 
 
 def _range_length(start: int, end: int | None) -> int | None:
