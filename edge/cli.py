@@ -124,6 +124,13 @@ async def _sign_url(settings: Settings, args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["bench"]:  # loadtests/ lives in a checkout, not in the installed package
+        import subprocess
+        from pathlib import Path
+
+        root = Path(__file__).resolve().parent.parent
+        return subprocess.call([sys.executable, "-m", "loadtests.bench", *argv[1:]], cwd=root)
     parser = argparse.ArgumentParser(prog="banatie", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     for name, text in (
@@ -136,6 +143,7 @@ def main(argv: list[str] | None = None) -> int:
         cmd.add_argument("--port", type=int)
         cmd.add_argument("--workers", type=int, default=1)
     sub.add_parser("migrate", help="apply database migrations")
+    sub.add_parser("bench", help="benchmarks against nginx (python -m loadtests.bench --help)")
     gc = sub.add_parser("gc", help="list (or --delete) stored objects no row refers to")
     gc.add_argument("--delete", action="store_true", help="remove them (default: dry run)")
     gc.add_argument("--grace", type=float, default=30.0, help="seconds to re-check before removal")
