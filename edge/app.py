@@ -41,7 +41,14 @@ from cache.errors import (
 )
 from cache.index import Index, LiveRecord
 from cache.invalidation import EVERYTHING, Invalidation, InvalidationBus
-from cache.live_key import LiveKey, manifest_key, normalise_prompt
+from cache.live_key import (
+    ASPECT_RATIOS,
+    SCOPE_PATTERN,
+    TEMPLATES,
+    LiveKey,
+    manifest_key,
+    normalise_prompt,
+)
 from cache.lru import Entry, ExpiringMap, Headers, ResponseCache
 from cache.metrics import Metrics, family_of, send_metrics
 from cache.objects import ObjectNotFound, ObjectStore, StorageUnavailable
@@ -58,16 +65,11 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
-ASPECT_RATIOS = ("1:1", "2:3", "3:2", "3:4", "4:3", "4:5", "5:4", "9:16", "16:9", "21:9")
-TEMPLATES = (
-    "general", "photorealistic", "illustration", "minimalist", "sticker", "product", "comic",
-)  # fmt: skip
 MAX_PROMPT_CHARS = 5000
 LIVE_PARAMS = ("prompt", "aspectRatio", "autoEnhance", "template")
 
 KEY_PATTERN = re.compile(rb"^bnt_[0-9a-f]{64}$")
 SLUG_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
-SCOPE_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 UUID_PATTERN = re.compile(
     r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
 )

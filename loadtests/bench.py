@@ -1,7 +1,8 @@
-"""The benchmark runner: hit path against nginx, herd, miss overhead, memory. One command:
+"""The benchmark runner: hit path against nginx, herd, miss overhead, memory, variants. One command:
 
     python -m loadtests.bench                       # full run, updates docs/benchmarks.md
     python -m loadtests.bench --duration 3 --quick  # a smoke run, docs untouched
+    python -m loadtests.bench --only variants       # image variants only (loadtests/variants_bench)
 
 Every server it needs (nginx, redis-server, the fake Gemini, `banatie serve|origin|edge`) is
 started here on free loopback ports, in its own process group, and stopped at the end, also
@@ -89,6 +90,7 @@ class Results:
     herd: list[dict[str, Any]] = field(default_factory=list)
     miss: list[dict[str, Any]] = field(default_factory=list)
     memory: list[dict[str, Any]] = field(default_factory=list)
+    variants: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
 
 
@@ -665,6 +667,30 @@ def split(args: argparse.Namespace, processes: Processes, stub_url: str, results
     processes.stop(redis)
 
 
+# -- 5. image variants --------------------------------------------------------------------------
+
+
+def variants(args: argparse.Namespace, processes: Processes, results: Results) -> None:
+    """loadtests/variants_bench.py's measurement: `banatie serve` with a 1344x768 upload."""
+    from loadtests import variants_bench
+
+    say(
+        f"variants: 1344x768 PNG, {args.variant_samples} cold variants per format, "
+        f"hits {args.duration:g} s per row"
+    )
+    found = variants_bench.measure(
+        processes, processes.workdir, args.duration, args.variant_samples
+    )
+    results.variants = found
+    for fmt, x in found["first_transform_ms"].items():
+        say(
+            f"  {fmt}: first transform p50 {x['p50']:.0f} ms p99 {x['p99']:.0f} ms, "
+            f"400 px {x['bytes_400px']:,} bytes ({x['saved_pct']:.1f} % saved)"
+        )
+    for name, row in found["hits"].items():
+        say(f"  hit {name}: {row['rps']:,.0f} req/s p50 {row['p50_ms']:.2f} ms")
+
+
 # -- main --------------------------------------------------------------------------------------
 
 
@@ -682,7 +708,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="wrk threads (1: one core for wrk, one for the server)",
     )
     parser.add_argument("--sizes", default="50,300", help="image sizes in KB (50,300)")
-    parser.add_argument("--only", default="hits,miss,herd,memory", help="sections to run")
+    parser.add_argument("--only", default="hits,miss,herd,memory,variants", help="sections to run")
     parser.add_argument("--herd-clients", type=int, default=500)
     parser.add_argument("--herd-delay", type=float, default=2.0, help="model latency, seconds")
     parser.add_argument("--herd-sizes", default="1,50", help="herd image sizes in KB (1,50)")
@@ -690,6 +716,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--miss-bytes", type=int, default=1_000_000)
     parser.add_argument("--memory-keys", type=int, default=10_000)
     parser.add_argument("--memory-bytes", type=int, default=40 * KB)
+    parser.add_argument(
+        "--variant-samples", type=int, default=30, help="cold variants per format (30)"
+    )
     parser.add_argument("--no-profile", dest="profile", action="store_false")
     parser.add_argument("--profile-seconds", type=float, default=10.0)
     parser.add_argument("--quick", action="store_true", help="short everything; docs untouched")
@@ -705,6 +734,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.warmup = min(args.warmup, 1.0)
         args.miss_samples = min(args.miss_samples, 20)
         args.memory_keys = min(args.memory_keys, 1000)
+        args.variant_samples = min(args.variant_samples, 10)
         args.profile_seconds = min(args.profile_seconds, 3.0)
         args.docs = False
     return args
@@ -743,6 +773,8 @@ def main(argv: list[str] | None = None) -> int:
             one_process(args, processes, stub_url, results)
         if args.only & {"herd", "miss", "memory"}:
             split(args, processes, stub_url, results)
+        if "variants" in args.only:
+            variants(args, processes, results)
     except BaseException as e:
         failed = True
         say(f"FAILED: {type(e).__name__}: {e}")
@@ -764,11 +796,23 @@ def _finish(args: argparse.Namespace, results: Results, workdir: Path, failed: b
         args.json.write_text(raw)
     text = report.markdown(results)
     print("\n" + text)
+    docs = PROJECT_ROOT / "docs"
     if args.docs and not failed and results.rows:
-        docs = PROJECT_ROOT / "docs"
         report.chart(results, docs / "bench-hit-path.png")
         report.update_docs(docs / "benchmarks.md", text)
         say(f"wrote {docs / 'benchmarks.md'} and {docs / 'bench-hit-path.png'}")
+    if results.variants:
+        variants_text = report.variants_markdown(results)
+        print("\n" + variants_text)
+        if args.docs and not failed:
+            report.update_docs(
+                docs / "benchmarks.md",
+                variants_text,
+                report.VARIANTS_START,
+                report.VARIANTS_END,
+                "## Image variants",
+            )
+            say(f"wrote the variants section of {docs / 'benchmarks.md'}")
     if args.keep or failed:
         say(f"logs and results kept in {workdir}")
     else:

@@ -11,6 +11,9 @@ KB = 1024
 MB = 1024 * 1024
 START = "<!-- bench:results:start -->"
 END = "<!-- bench:results:end -->"
+# The variants section has its own block: `--only variants` must not wipe the hit-path results.
+VARIANTS_START = "<!-- bench:variants:start -->"
+VARIANTS_END = "<!-- bench:variants:end -->"
 
 # Targets to meet; each is checked against the measured numbers in `targets`.
 L1_50KB_VS_STATIC = 0.5
@@ -235,15 +238,32 @@ def chart(results: Any, path: Path) -> None:
     plt.close(fig)
 
 
-def update_docs(path: Path, section: str) -> None:
-    """Replace the text between the results markers (append the markers if missing)."""
-    block = f"{START}\n\n{section.rstrip()}\n\n{END}"
+def update_docs(
+    path: Path, section: str, start: str = START, end: str = END, heading: str = "## Results"
+) -> None:
+    """Replace the text between two markers (append `heading` and the markers if missing)."""
+    block = f"{start}\n\n{section.rstrip()}\n\n{end}"
     text = path.read_text() if path.exists() else "# Benchmarks\n"
-    if START in text and END in text:
-        text = re.sub(re.escape(START) + ".*?" + re.escape(END), lambda _: block, text, flags=re.S)
+    if start in text and end in text:
+        text = re.sub(re.escape(start) + ".*?" + re.escape(end), lambda _: block, text, flags=re.S)
     else:
-        text = text.rstrip() + "\n\n## Results\n\n" + block + "\n"
+        text = text.rstrip() + f"\n\n{heading}\n\n" + block + "\n"
     path.write_text(text)
+
+
+def variants_markdown(results: Any) -> str:
+    """The generated variants block: loadtests/variants_bench.py's table, with the run's context."""
+    v, m = results.variants, results.machine
+    return "\n".join(
+        [
+            f"Run `{results.command.strip()}` at {results.started}; {m['nproc']} cores, "
+            f"{m['cpu']}, load average {results.load_before} before, {results.load_after} after. "
+            f"{v['samples']} cold variants per format (widths 400, 401, ...), each timed at the "
+            f"client through HTTP; hits: wrk on one worker for {v['hit_duration_s']:g} s.",
+            "",
+            v["table"],
+        ]
+    )
 
 
 def summarise_profile(raw: str, top: int = 20) -> dict[str, Any]:

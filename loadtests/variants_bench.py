@@ -13,7 +13,9 @@ It starts `banatie serve` (one worker, offline generator) on a free loopback por
   on the original for comparison;
 - bytes: each 400 px variant's size against the PNG original.
 
-Everything it starts is stopped at the end, also on errors. Nothing is written to docs/.
+Everything it starts is stopped at the end, also on errors. Nothing is written to docs/ from
+here; `python -m loadtests.bench --only variants` runs the same `measure` and writes its table
+into docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import httpx
 from PIL import Image, ImageDraw, ImageFilter
@@ -237,46 +240,72 @@ def table(
     return "\n".join(lines)
 
 
+def measure(processes: Processes, workdir: Path, duration_s: float, samples: int) -> dict[str, Any]:
+    """The whole measurement; every server goes into `processes` (the caller stops them).
+
+    Returns the source size, the per-format results and the markdown `table`; used by this
+    module's command and by `python -m loadtests.bench --only variants`.
+    """
+    source = photo_like_png()
+    print(f"variants: source {len(source):,} bytes", file=sys.stderr)
+    alone = in_process(source, samples)
+    env = clean_env(
+        DATA_DIR=str(workdir / "variants-data"), GENERATOR="offline", LOG_LEVEL="warning"
+    )
+    key = run_banatie(["keys", "create", "--name", "bench"], env).strip().splitlines()[0]
+    server, base = start_banatie(processes, "variants-serve", "serve", env)
+    try:
+        uploaded = httpx.post(
+            base + "/api/v1/images/upload",
+            headers={"X-API-Key": key},
+            files={"file": ("source.png", source, "image/png")},
+            timeout=60,
+        )
+        uploaded.raise_for_status()
+        image_id = uploaded.json()["data"]["id"]
+        served = asyncio.run(first_transforms(base, image_id, samples))
+        url = f"{base}/cdn/{ORG}/{PROJECT}/img/{image_id}"
+        hits = {
+            "400 px WebP variant": hit_throughput(
+                url + "?w=400&format=webp", duration_s, server.pid
+            ),
+            f"original PNG ({len(source) / 1e6:.1f} MB)": hit_throughput(
+                url, duration_s, server.pid
+            ),
+        }
+    finally:
+        processes.stop(server)
+    return {
+        "source_bytes": len(source),
+        "samples": samples,
+        "hit_duration_s": duration_s,
+        "first_transform_ms": {
+            fmt: {
+                "p50": statistics.median(times),
+                "p99": percentile(times, 99),
+                "bytes_400px": size,
+                "saved_pct": 100 * (1 - size / len(source)),
+            }
+            for fmt, (times, size) in served.items()
+        },
+        "hits": hits,
+        "table": table(len(source), served, alone, hits),
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per hit run")
     parser.add_argument("--samples", type=int, default=30, help="cold variants per format")
     args = parser.parse_args(argv)
 
-    source = photo_like_png()
-    print(f"source: {len(source):,} bytes", file=sys.stderr)
-    alone = in_process(source, args.samples)
-
     with tempfile.TemporaryDirectory(prefix="banatie-variants-") as tmp:
-        workdir = Path(tmp)
-        processes = Processes(workdir)
+        processes = Processes(Path(tmp))
         try:
-            env = clean_env(
-                DATA_DIR=str(workdir / "data"), GENERATOR="offline", LOG_LEVEL="warning"
-            )
-            key = run_banatie(["keys", "create", "--name", "bench"], env).strip().splitlines()[0]
-            server, base = start_banatie(processes, "serve", "serve", env)
-            uploaded = httpx.post(
-                base + "/api/v1/images/upload",
-                headers={"X-API-Key": key},
-                files={"file": ("source.png", source, "image/png")},
-                timeout=60,
-            )
-            uploaded.raise_for_status()
-            image_id = uploaded.json()["data"]["id"]
-            served = asyncio.run(first_transforms(base, image_id, args.samples))
-            url = f"{base}/cdn/{ORG}/{PROJECT}/img/{image_id}"
-            hits = {
-                "400 px WebP variant": hit_throughput(
-                    url + "?w=400&format=webp", args.duration, server.pid
-                ),
-                f"original PNG ({len(source) / 1e6:.1f} MB)": hit_throughput(
-                    url, args.duration, server.pid
-                ),
-            }
+            found = measure(processes, Path(tmp), args.duration, args.samples)
         finally:
             processes.stop_all()
-    print(table(len(source), served, alone, hits))
+    print(found["table"])
     return 0
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 from datetime import timedelta
 from typing import Any
 
@@ -24,7 +23,7 @@ from cache.errors import (
     ValidationError,
 )
 from cache.index import LiveRecord
-from cache.live_key import LiveKey, live_key, manifest_key
+from cache.live_key import SCOPE_PATTERN, LiveKey, live_key, manifest_key
 from origin.generations import (
     GenerationInput,
     check_prompt,
@@ -39,7 +38,6 @@ from origin.services import Services
 
 log = logging.getLogger("banatie.origin")
 
-SCOPE_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 POLL_S = 0.1
 
 

@@ -12,7 +12,6 @@ are random UUIDs handed out as `storageUrl`) and `/api/v1/live` (it has an API k
 
 from __future__ import annotations
 
-import re
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -20,11 +19,11 @@ from urllib.parse import unquote, urlsplit
 
 from cache import signing
 from cache.errors import Conflict, ProjectNotFound, ValidationError
+from cache.live_key import SCOPE_PATTERN
 from origin.envelope import iso, optional_bool, optional_int, optional_str
 from origin.generations import check_prompt, check_ratio, check_template
 from origin.models import Project, utcnow
 
-SCOPE_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 MAX_EXPIRES_IN_S = 10 * 365 * 24 * 3600
 MAX_URL_CHARS = 16 * 1024
 LIVE_FIELDS = ("scope", "prompt", "aspectRatio", "autoEnhance", "template")

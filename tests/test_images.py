@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import struct
+import zlib
 
 from PIL import Image as PILImage
 
@@ -29,6 +31,20 @@ async def test_upload_type_comes_from_the_bytes_not_the_header(api: Api) -> None
     assert response.json()["data"]["mimeType"] == "image/webp"
 
 
+def declared_png(width: int, height: int) -> bytes:
+    """A PNG of a few dozen bytes whose header declares `width` x `height` pixels."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        body = kind + data
+        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    idat = zlib.compress(b"\0" * 64)
+    return (
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+    )
+
+
 async def test_upload_rejections(api: Api) -> None:
     svg = b'<svg xmlns="http://www.w3.org/2000/svg"><script>alert(1)</script></svg>'
     truncated = png_bytes(64, 64)[:60]
@@ -39,6 +55,7 @@ async def test_upload_rejections(api: Api) -> None:
         (b"", 400, "VALIDATION_ERROR"),
         (truncated, 400, "VALIDATION_ERROR"),
         (bomb.getvalue(), 400, "VALIDATION_ERROR"),
+        (declared_png(50_000, 50_000), 400, "VALIDATION_ERROR"),
         (b"\x89PNG\r\n\x1a\n" + b"<html>" * 10, 400, "VALIDATION_ERROR"),
         (png_bytes() + b"\0" * (5 * 1024 * 1024), 413, "PAYLOAD_TOO_LARGE"),
     ]

@@ -5,8 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from cache.live_key import TEMPLATES as TEMPLATES  # re-exported: the generators' templates
 from cache.settings import Settings
 
+# Gemini's pixel size for each ratio of cache.live_key.ASPECT_RATIOS.
 ASPECT_RATIOS: dict[str, tuple[int, int]] = {
     "1:1": (1024, 1024),
     "16:9": (1344, 768),
@@ -19,16 +21,6 @@ ASPECT_RATIOS: dict[str, tuple[int, int]] = {
     "5:4": (1152, 896),
     "21:9": (1536, 672),
 }
-
-TEMPLATES = (
-    "general",
-    "photorealistic",
-    "illustration",
-    "minimalist",
-    "sticker",
-    "product",
-    "comic",
-)
 
 
 @dataclass(frozen=True)

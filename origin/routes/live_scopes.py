@@ -10,6 +10,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from cache.errors import Conflict, ScopeNotFound, ValidationError
+from cache.live_key import SCOPE_PATTERN
 from origin.auth import project_of, services_of
 from origin.envelope import (
     iso,
@@ -23,7 +24,6 @@ from origin.envelope import (
     read_json,
     resource,
 )
-from origin.live import SCOPE_PATTERN
 from origin.models import LiveScope, utcnow
 
 
