@@ -44,6 +44,7 @@ import asyncio
 import logging
 import re
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import quote
 
@@ -73,6 +74,11 @@ class HttpOrigin:
             base_url=settings.origin_url,
             headers={"Authorization": f"Bearer {settings.service_token}"},
             timeout=httpx.Timeout(10.0, connect=2.0),
+            # Idle connections are dropped well before uvicorn's 5 s keep-alive closes them,
+            # so a request is never written onto a connection the origin is closing.
+            limits=httpx.Limits(
+                max_connections=256, max_keepalive_connections=64, keepalive_expiry=2.0
+            ),
             transport=transport,
         )
         # Longer than the edge's own wait (2 x the generation timeout), which answers 504 first.
@@ -120,8 +126,10 @@ class HttpOrigin:
 
     async def live(self, params: LiveParams) -> LiveResult:
         try:
-            response = await self._client.post(
-                "/internal/live", json=params.to_dict(), timeout=self._live_timeout
+            response = await _once_more_if_dropped(
+                lambda: self._client.post(
+                    "/internal/live", json=params.to_dict(), timeout=self._live_timeout
+                )
             )
         except httpx.TimeoutException:
             raise GatewayTimeout("The origin did not finish the image in time.") from None
@@ -154,12 +162,23 @@ class HttpOrigin:
 
     async def _get(self, path: str, missing_ok: bool) -> dict[str, Any] | None:
         try:
-            response = await self._client.get(path)
+            response = await _once_more_if_dropped(lambda: self._client.get(path))
         except httpx.TransportError as e:
             raise _unreachable(e) from None
         if missing_ok and response.status_code == 404:
             return None
         return _payload(response)
+
+
+async def _once_more_if_dropped(
+    call: Callable[[], Awaitable[httpx.Response]],
+) -> httpx.Response:
+    """Retry once when a pooled connection was closed under the request. Safe: every call is
+    a read, or the live call, which the origin answers once per cache key."""
+    try:
+        return await call()
+    except (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError):
+        return await call()
 
 
 def _unreachable(error: Exception) -> UpstreamUnavailable:

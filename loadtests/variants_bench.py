@@ -4,7 +4,7 @@
     python -m loadtests.variants_bench --duration 3 --samples 10   # a smoke run
 
 It starts `banatie serve` (one worker, offline generator) on a free loopback port, uploads a
-1344x768 photo-like PNG (about 1.8 MB, like a Gemini answer), then
+1344x768 photo-like PNG (about 1.4 MB, like a Gemini answer), then
 
 - first transform: `samples` cold variants per format, each a width never asked before
   (400, 401, ...), timed at the client through HTTP (decode + resize + encode + storage write),
