@@ -146,21 +146,9 @@ class LiveQuery:
     template: str
 
 
-def create_edge(
-    settings: Settings,
-    origin: OriginAPI,
-    store: ObjectStore,
-    index: Index,
-    bus: InvalidationBus,
-    fallback: ASGIApp | None = None,
-    *,
-    metrics: Metrics | None = None,
-) -> Edge:
-    """The edge ASGI app; `fallback` serves every path that is not a live or CDN route."""
-    return Edge(settings, origin, store, index, bus, fallback, metrics=metrics)
-
-
 class Edge:
+    """The edge ASGI app; `fallback` serves every path that is not a live or CDN route."""
+
     def __init__(
         self,
         settings: Settings,
@@ -1021,3 +1009,6 @@ async def _first_chunk(chunks: AsyncIterator[bytes]) -> bytes:
         return b""
     except ObjectNotFound:
         raise ImageNotFound("The image is no longer available.") from None
+
+
+create_edge = Edge  # the factory name the process layouts and tests use

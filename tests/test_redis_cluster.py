@@ -20,22 +20,7 @@ from cache.invalidation import Invalidation, RedisBus
 from edge.app import create_edge
 from tests.servers import free_port
 from tests.test_edge import open_site
-
-
-def record(digest: str) -> LiveRecord:
-    return LiveRecord(
-        image_id=str(uuid.uuid4()),
-        generation_id=None,
-        object_key=f"org/proj/img/{digest}",
-        content_type="image/png",
-        size=1234,
-        etag='"abc"',
-        canonical=f"v1\x1fproject\x1f\x1f{digest}",
-    )
-
-
-def new_digest() -> str:
-    return uuid.uuid4().hex
+from tests.test_redis_index import new_digest, record
 
 
 @pytest.fixture
