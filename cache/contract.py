@@ -53,6 +53,8 @@ class LiveResult:
     record: LiveRecord
     created: bool  # True when this call ran the generation (a MISS that paid)
     rate_headers: dict[str, str]
+    body: bytes | None = None  # the image, when the origin runs in the edge's process
+    model_ms: float | None = None  # of the generation: time spent waiting on the model
 
 
 class OriginAPI(Protocol):

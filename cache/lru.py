@@ -62,6 +62,14 @@ class ResponseCache:
         self.hits += 1
         return entry
 
+    def peek(self, key: str) -> Entry | None:
+        """Like get, but a miss is not counted (the caller will ask `get` again)."""
+        entry = self._entries.get(key)
+        if entry is not None:
+            self._entries.move_to_end(key)
+            self.hits += 1
+        return entry
+
     def fits(self, size: int) -> bool:
         """Whether a body of `size` bytes may enter the cache at all."""
         return size <= self.max_entry_bytes and size + _ENTRY_OVERHEAD <= self.max_bytes

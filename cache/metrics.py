@@ -151,6 +151,8 @@ _READ_AT_SCRAPE = (
      "In-process cache entries evicted to make room."),
     ("origin_in_flight", "banatie_origin_generations_in_flight", GaugeMetricFamily,
      "Generations running at the origin."),
+    ("fast_path", "banatie_fast_path_responses", CounterMetricFamily,
+     "L1 hits answered by the server protocol's fast path, without the ASGI machinery."),
 )  # fmt: skip
 
 

@@ -191,6 +191,10 @@ class Edge:
         self._lookups: dict[str, asyncio.Future[LiveRecord | None]] = {}
         self._parsed = functools.lru_cache(maxsize=MEMO_QUERIES)(parse_live_query)
         self.variants = VariantCache(settings, store, index)
+        self._fast_routes = functools.lru_cache(maxsize=MEMO_QUERIES)(
+            functools.partial(_fast_route, variants=self.variants)
+        )
+        self.fast_answers = 0  # responses given by fast_hit
         bus.subscribe(self._invalidate)
         for name, read in (
             ("l1_hits", lambda: self.l1.hits),
@@ -198,8 +202,69 @@ class Edge:
             ("l1_entries", lambda: len(self.l1)),
             ("l1_evictions", lambda: self.l1.evictions),
             ("in_flight", lambda: self.coalescer.in_flight),
+            ("fast_path", lambda: self.fast_answers),
         ):
             self.metrics.read(name, read)
+
+    # -- the fast path ------------------------------------------------------------------------
+
+    def fast_hit(
+        self, method: bytes, url: bytes, headers: list[tuple[bytes, bytes]]
+    ) -> tuple[int, Headers, bytes] | None:
+        """A live URL whose response is in L1, answered without the ASGI machinery: the
+        server's protocol calls this as soon as a request's headers are read and, given
+        (status, headers, body), writes them itself. None means "not that simple" (not a
+        live route, not in L1, a Range, a signed project, an unknown key, anything to
+        report): the request then takes the ASGI path, which answers every case. Nothing
+        here awaits; every answer is one that path would give for the same request.
+
+        What a URL means (route, scope, parsed query, variant) is remembered per URL;
+        who may see it (the key or project, signing) is checked on every request."""
+        if method != b"GET" and method != b"HEAD":
+            return None
+        route = (
+            self._fast_routes(url)
+            if len(url) <= MEMO_QUERY_BYTES
+            else _fast_route(url, self.variants)
+        )
+        if route is None:
+            return None
+        api_key = if_none_match = None
+        for name, value in headers:
+            if name == b"x-api-key":
+                api_key = value
+            elif name == b"if-none-match":
+                if_none_match = value
+            elif name == b"range":
+                return None
+        if route.org is None:  # /api/v1/live
+            if api_key is None:
+                return None
+            found, key_ref = self._keys.get(hashlib.sha256(api_key).hexdigest())
+            if not found or key_ref is None:
+                return None
+            project_id = key_ref.project_id
+        else:
+            found, project_ref = self._projects.get((route.org, route.project))
+            if not found or project_ref is None or project_ref.require_signed:
+                return None
+            project_id = project_ref.project_id
+        if route.project_id != project_id:
+            route.project_id = project_id
+            route.canonical = self._live_key(project_id, route.scope, route.query).canonical
+        l1_key = route.canonical
+        if route.variant is not None:
+            l1_key = self.variants.want(route.variant, headers).l1_key(l1_key)
+        entry = self.l1.peek(l1_key)
+        if entry is None:
+            return None
+        self.fast_answers += 1
+        if if_none_match is not None and _etag_matches(if_none_match, entry.etag):
+            self.metrics.responded(route.family, 304, 0)
+            return 304, entry.not_modified_headers, b""
+        body = b"" if method == b"HEAD" else entry.body
+        self.metrics.responded(route.family, entry.status, len(body))
+        return entry.status, entry.headers, body
 
     # -- ASGI ---------------------------------------------------------------------------------
 
@@ -375,6 +440,7 @@ class Edge:
         if request.head:
             raise ImageNotFound("This image is not cached; HEAD never starts a generation.")
 
+        started = time.perf_counter()
         result, ran = await self._produce(digest, canonical, org, project, params)
         record = result.record
         status = b"MISS" if result.created else b"HIT"
@@ -383,8 +449,12 @@ class Edge:
             headers.append((b"x-generation-id", record.generation_id.encode()))
         if ran:
             headers += [(k.lower().encode(), v.encode()) for k, v in result.rate_headers.items()]
+            if result.model_ms is not None:
+                headers.append(_server_timing(result.model_ms, time.perf_counter() - started))
         # Waiters of one generation resume one after another: the first fills L1 for the rest.
         cached = self.l1.get(canonical) if record.canonical == canonical else None
+        if cached is None and result.body is not None and len(result.body) == record.size:
+            cached = _entry(record, result.body, b"HIT", IMMUTABLE, extra)  # in-process origin
         if cached is None:
             cached = await self._load(record, b"HIT", extra)
         if cached is None:
@@ -790,6 +860,41 @@ async def _send_health(send: Send) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
+@dataclass(slots=True)
+class FastRoute:
+    """What a live URL names, for the fast path; the key's canonical form is filled in for
+    the project that last asked (a URL's project id does not change, but is checked)."""
+
+    family: str
+    org: str | None  # None: /api/v1/live (the project comes from the key)
+    project: str
+    scope: str
+    query: LiveQuery
+    variant: VariantSpec | None
+    project_id: str = ""
+    canonical: str = ""
+
+
+def _fast_route(url: bytes, variants: VariantCache) -> FastRoute | None:
+    """The live route of a raw request target, or None (another route, or a request the
+    ASGI path must answer: bad parameters, percent-encoded path, anything unusual)."""
+    path, _, query = url.partition(b"?")
+    if path == b"/api/v1/live":
+        family, org, project, scope = "live", None, "", ""
+    elif path.startswith(b"/cdn/") and b"%" not in path:
+        parts = path.decode("latin-1").split("/")  # "", "cdn", org, project, "live", scope
+        if len(parts) != 6 or parts[4] != "live" or not SCOPE_PATTERN.match(parts[5]):
+            return None
+        family, org, project, scope = "cdn_live", parts[2], parts[3], parts[5]
+    else:
+        return None
+    try:
+        parsed, variant = parse_live_query(query), variants.parse(query)
+    except ApiError:
+        return None
+    return FastRoute(family, org, project, scope, parsed, variant)
+
+
 def parse_live_query(raw: bytes) -> LiveQuery:
     """The live parameters from a raw query string; anything malformed is a 400."""
     if _BAD_PERCENT.search(raw):
@@ -926,6 +1031,11 @@ def _known(record: LiveRecord) -> Callable[[], Awaitable[tuple[LiveRecord, Heade
         return record, []
 
     return source
+
+
+def _server_timing(model_ms: float, miss_s: float) -> tuple[bytes, bytes]:
+    """Where a MISS's time went: waiting on the model, and the whole miss at the edge."""
+    return (b"server-timing", b"model;dur=%.1f, miss;dur=%.1f" % (model_ms, miss_s * 1000))
 
 
 def _with_cache_control(entry: Entry, cache_control: bytes) -> Entry:

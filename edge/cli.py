@@ -27,6 +27,9 @@ def _run(target: str, settings: Settings, host: str | None, port: int | None, wo
         workers=workers,
         loop="uvloop",
         http=EnvelopeHttpTools,
+        # X-Forwarded-For is read by the edge, from TRUSTED_PROXIES only; uvicorn's own
+        # handling would trust any loopback peer's header before the edge saw the request.
+        proxy_headers=False,
         log_level=settings.log_level,
         log_config=None,
         access_log=False,

@@ -24,7 +24,8 @@ internal routes answer with these exact JSON shapes (dataclass field names, snak
          200 {"record": {"image_id": str, "generation_id": str | null, "object_key": str,
                          "content_type": str, "size": int, "etag": str, "canonical": str},
               "created": bool,
-              "rateHeaders": {"X-RateLimit-Limit": "...", ...}}
+              "rateHeaders": {"X-RateLimit-Limit": "...", ...},
+              "modelMs": float | null}   (a generation's wait on the model; may be absent)
          4xx/5xx error envelope {"success": false, "error": {"code", "message", "details"?}}
               (Retry-After passed through)
 
@@ -141,8 +142,9 @@ class HttpOrigin:
                 record=LiveRecord(**_fields(data["record"], LiveRecord)),
                 created=bool(data.get("created", False)),
                 rate_headers={str(k): str(v) for k, v in (data.get("rateHeaders") or {}).items()},
+                model_ms=float(data["modelMs"]) if data.get("modelMs") is not None else None,
             )
-        except (KeyError, TypeError, AttributeError) as e:
+        except (KeyError, TypeError, AttributeError, ValueError) as e:
             raise UpstreamUnavailable(f"The origin answered an unexpected shape: {e}") from None
 
     async def image(self, project_id: str, ref: str) -> LiveRecord:

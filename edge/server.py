@@ -53,6 +53,11 @@ class Lazy:
         assert self._app is not None, "the app is served before lifespan startup"
         await self._app(scope, receive, send)
 
+    @property
+    def fast_hit(self):  # type: ignore[no-untyped-def]
+        """The built app's L1 fast path (edge.protocol), if it has one."""
+        return getattr(self._app, "fast_hit", None)
+
 
 async def _start_bus(bus: InvalidationBus) -> None:
     await bus.start()

@@ -135,6 +135,7 @@ def soak(args: argparse.Namespace, processes: Processes) -> dict[str, Any]:
         REDIS_URL=redis_url,
         SERVICE_TOKEN=secrets.token_hex(16),
         MAX_CONCURRENT_GENERATIONS=str(args.max_generations),
+        L1_BYTES=str(int(args.l1_mb * MB)),
     )
     run_banatie(["keys", "create", "--name", "soak"], env)  # the default org and project
     origin, origin_url = start_banatie(processes, "origin", "origin", env)
@@ -191,7 +192,9 @@ def soak(args: argparse.Namespace, processes: Processes) -> dict[str, Any]:
         per_edge[f"edge {i}"]["exit"] = process.popen.returncode
         per_edge[f"edge {i}"]["summary"] = process.tail(12)
     stub = urllib.request.urlopen(stub_url + "/stats", timeout=10).read()
+    l1 = {f"edge {i}": l1_metrics(base) for i, (_, base) in ((1, edges[0]), (2, edges[1]))}
     return {
+        "l1": l1,
         "minutes": args.minutes,
         "users_per_edge": args.users,
         "new_share": args.new_share,
@@ -201,7 +204,30 @@ def soak(args: argparse.Namespace, processes: Processes) -> dict[str, Any]:
         "model_calls": json.loads(stub)["generations"],
         "prefill_s": prefill_s,
         "max_generations": args.max_generations,
+        "l1_mb": args.l1_mb,
     }
+
+
+def l1_metrics(base: str) -> dict[str, float]:
+    """The edge's in-process cache gauges from its /metrics (bytes, entries, evictions)."""
+    text = urllib.request.urlopen(base + "/metrics", timeout=10).read().decode()
+    found = {}
+    for line in text.splitlines():
+        for name in ("banatie_l1_bytes", "banatie_l1_entries", "banatie_l1_evictions_total"):
+            if line.startswith(name + " "):
+                found[name.removeprefix("banatie_l1_")] = float(line.split()[1])
+    return found
+
+
+def slope_mb_per_min(samples: list[dict[str, Any]], label: str, after_s: float) -> float:
+    """Least-squares slope of one process's RSS after warm-up, in MB a minute."""
+    points = [(s["t_s"] / 60, s[label] / MB) for s in samples if s["t_s"] >= after_s - 1]
+    if len(points) < 2:
+        return float("nan")
+    mx = sum(x for x, _ in points) / len(points)
+    my = sum(y for _, y in points) / len(points)
+    sxx = sum((x - mx) ** 2 for x, _ in points)
+    return sum((x - mx) * (y - my) for x, y in points) / sxx if sxx else float("nan")
 
 
 def rss_at(samples: list[dict[str, Any]], t_s: float) -> dict[str, Any]:
@@ -226,7 +252,9 @@ def markdown(found: dict[str, Any], command: str, started: str, m: dict, load: s
         f"{found['minutes']:g} min; the 1,000 known prompts were generated first "
         f"({found['prefill_s']:.0f} s, 8 at a time), so the new ones are the only misses; "
         f"the fake Gemini answers at once ({found['model_calls']:,} model calls in all, "
-        f"prefill included); MAX_CONCURRENT_GENERATIONS={found['max_generations']}.",
+        f"prefill included); MAX_CONCURRENT_GENERATIONS={found['max_generations']}; "
+        f"L1_BYTES={found['l1_mb']:g} MB per edge (small on purpose: the in-process cache "
+        f"fills during warm-up and evicts from then on, so a flat RSS means no leak beside it).",
         "",
         f"**{requests:,} image requests, {failures} failures, "
         f"{requests / found['seconds']:,.0f} req/s in all.**",
@@ -249,14 +277,21 @@ def markdown(found: dict[str, Any], command: str, started: str, m: dict, load: s
         f"RSS (VmRSS) at the end of warm-up ({warm['t_s']:.0f} s) and at the end "
         f"({last['t_s']:.0f} s):",
         "",
-        "| process | after warm-up | at the end | change |",
-        "|---|---:|---:|---:|",
+        "| process | after warm-up | at the end | change | slope after warm-up |",
+        "|---|---:|---:|---:|---:|",
     ]
     for label in ("edge 1", "edge 2", "origin"):
         a, b = warm[label], last[label]
+        slope = slope_mb_per_min(found["samples"], label, found["warmup_s"])
         lines.append(
             f"| {label} | {a / MB:.1f} MB | {b / MB:.1f} MB | {(b - a) / MB:+.1f} MB "
-            f"({100 * (b - a) / a:+.1f} %) |"
+            f"({100 * (b - a) / a:+.1f} %) | {slope:+.2f} MB/min |"
+        )
+    lines += ["", "In-process cache at the end (from each edge's /metrics):", ""]
+    for label, l1 in found["l1"].items():
+        lines.append(
+            f"- {label}: {l1.get('bytes', 0) / MB:.2f} MB in {l1.get('entries', 0):,.0f} "
+            f"entries, {l1.get('evictions_total', 0):,.0f} evictions"
         )
     lines += [
         "",
@@ -292,6 +327,13 @@ def main(argv: list[str] | None = None) -> int:
         default=64,
         help="MAX_CONCURRENT_GENERATIONS for the banatie processes (64; the default 16 "
         "protects a real model's quota, and here turns bursts of new prompts into 503s)",
+    )
+    parser.add_argument(
+        "--l1-mb",
+        type=float,
+        default=1.0,
+        help="L1_BYTES of each edge in MB (1: full within the warm-up, so RSS must plateau; "
+        "the default 256 MB would take hours of new prompts to fill)",
     )
     parser.add_argument("--no-docs", dest="docs", action="store_false", help="leave docs/ alone")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (logs)")

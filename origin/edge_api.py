@@ -111,6 +111,7 @@ async def live(request: Request) -> JSONResponse:
             "record": asdict(result.record),
             "created": result.created,
             "rateHeaders": result.rate_headers,
+            "modelMs": result.model_ms,
         }
     )
 

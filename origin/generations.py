@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,7 +39,7 @@ from origin.generators import (
     ReferenceImage,
 )
 from origin.images import ProjectCtx, image_json, store_image
-from origin.imaging import inspect_image_async
+from origin.imaging import inspect_generated_async
 from origin.models import Generation, Image, new_id, utcnow
 from origin.services import Services
 
@@ -166,37 +167,51 @@ async def resolve_references(
     return refs
 
 
-async def create_generation(
-    services: Services, project: ProjectCtx, data: GenerationInput, meta_extra: dict | None = None
+async def add_generation(
+    session: AsyncSession,
+    project: ProjectCtx,
+    data: GenerationInput,
+    *,
+    status: str = "pending",
+    meta_extra: dict | None = None,
 ) -> Generation:
-    """Validate references, settle the flow, and store a pending generation row."""
+    """Validate references, settle the flow and add the generation row (the caller commits)."""
+    flow_id: str | None
+    if not data.flow_given:
+        flow_id = new_id()  # lazy: no row until the flow is used again
+    else:
+        flow_id = data.flow
+    if flow_id is not None and (data.flow_given or data.flow_alias):
+        await ensure_flow(session, project.project_id, flow_id)
+    refs = await resolve_references(
+        session, project.project_id, data.reference_inputs, data.prompt, flow_id
+    )
+    generation = Generation(
+        project_id=project.project_id,
+        flow_id=flow_id,
+        status=status,
+        prompt=data.prompt,
+        original_prompt=data.prompt,
+        auto_enhance=data.auto_enhance,
+        aspect_ratio=data.aspect_ratio,
+        template=data.template,
+        alias=data.alias,
+        flow_alias=data.flow_alias,
+        reference_inputs=data.reference_inputs,
+        referenced_images=refs,
+        meta={**data.meta, **(meta_extra or {})},
+    )
+    session.add(generation)
+    await session.flush()
+    return generation
+
+
+async def create_generation(
+    services: Services, project: ProjectCtx, data: GenerationInput
+) -> Generation:
+    """Store a pending generation row."""
     async with services.sessions() as session:
-        flow_id: str | None
-        if not data.flow_given:
-            flow_id = new_id()  # lazy: no row until the flow is used again
-        else:
-            flow_id = data.flow
-        if flow_id is not None and (data.flow_given or data.flow_alias):
-            await ensure_flow(session, project.project_id, flow_id)
-        refs = await resolve_references(
-            session, project.project_id, data.reference_inputs, data.prompt, flow_id
-        )
-        generation = Generation(
-            project_id=project.project_id,
-            flow_id=flow_id,
-            status="pending",
-            prompt=data.prompt,
-            original_prompt=data.prompt,
-            auto_enhance=data.auto_enhance,
-            aspect_ratio=data.aspect_ratio,
-            template=data.template,
-            alias=data.alias,
-            flow_alias=data.flow_alias,
-            reference_inputs=data.reference_inputs,
-            referenced_images=refs,
-            meta={**data.meta, **(meta_extra or {})},
-        )
-        session.add(generation)
+        generation = await add_generation(session, project, data)
         await session.commit()
         return generation
 
@@ -212,62 +227,93 @@ async def run_generation(
             generation.status = "processing"
             generation.error_message = None
             generation.updated_at = utcnow()
-            references = await _load_references(services, session, generation)
             await session.commit()
-        started = time.monotonic()
-        try:
-            prompt = generation.original_prompt
-            if generation.auto_enhance:
-                prompt = await services.generator.enhance(prompt, generation.template)
-            result = await services.generator.generate(
-                ImageRequest(prompt, generation.aspect_ratio, tuple(references))
-            )
-            facts = await inspect_image_async(
-                result.data, GENERATED_MAX_BYTES, services.settings.max_image_pixels
-            )
-        except (GeneratorError, GeneratorUnavailable, ApiError) as exc:
-            await _mark_failed(services, generation_id, str(exc), started)
-            details = {"generationId": generation_id}
-            if isinstance(exc, GeneratorUnavailable):
-                raise UpstreamUnavailable(
-                    f"The image model is unavailable: {exc}", details=details
-                ) from None
-            raise GenerationFailed(f"The image model failed: {exc}", details=details) from None
-        except Exception as exc:
-            log.exception("generation %s failed unexpectedly", generation_id)
-            await _mark_failed(services, generation_id, "internal error", started)
-            raise GenerationFailed(
-                "The generation failed.", details={"generationId": generation_id}
-            ) from exc
-        async with services.sessions() as session:
-            generation = await session.get(Generation, generation_id)
-            assert generation is not None
-            image = await store_image(
-                session,
-                services.store,
-                project,
-                result.data,
-                facts,
-                source="generated",
-                flow_id=generation.flow_id,
-                generation_id=generation.id,
-            )
-            old = (
-                await session.get(Image, generation.output_image_id)
-                if regenerate and generation.output_image_id
-                else None
-            )
-            if old is not None and old.deleted_at is None:
-                await move_image_aliases(session, old, image)
-            else:
-                await _apply_requested_aliases(session, generation, image)
-            generation.prompt = prompt
-            generation.status = "success"
-            generation.output_image_id = image.id
-            generation.processing_time_ms = int((time.monotonic() - started) * 1000)
-            generation.updated_at = utcnow()
-            await session.commit()
-            return generation
+        produced = await produce(services, project, generation, regenerate=regenerate)
+        return produced.generation
+
+
+@dataclass
+class Produced:
+    generation: Generation
+    image: Image
+    data: bytes
+    model_ms: float  # time spent waiting on the model (enhancement + image), not our own
+
+
+# Work done in the transaction that stores the image (the live miss marks its key ready there).
+AlsoInTransaction = Callable[[AsyncSession, Image], Awaitable[None]]
+
+
+async def produce(
+    services: Services,
+    project: ProjectCtx,
+    generation: Generation,
+    *,
+    regenerate: bool = False,
+    also: AlsoInTransaction | None = None,
+) -> Produced:
+    """Run the model for a `processing` generation, store its image, and mark it `success`
+    in one transaction (with `also`); on any failure mark it `failed` and raise."""
+    generation_id = generation.id
+    started = time.monotonic()
+    try:
+        references = await load_references(services, generation)
+        prompt = generation.original_prompt
+        if generation.auto_enhance:
+            prompt = await services.generator.enhance(prompt, generation.template)
+        result = await services.generator.generate(
+            ImageRequest(prompt, generation.aspect_ratio, tuple(references))
+        )
+        model_ms = (time.monotonic() - started) * 1000
+        facts = await inspect_generated_async(
+            result.data, GENERATED_MAX_BYTES, services.settings.max_image_pixels
+        )
+    except (GeneratorError, GeneratorUnavailable, ApiError) as exc:
+        await _mark_failed(services, generation_id, str(exc), started)
+        details = {"generationId": generation_id}
+        if isinstance(exc, GeneratorUnavailable):
+            raise UpstreamUnavailable(
+                f"The image model is unavailable: {exc}", details=details
+            ) from None
+        raise GenerationFailed(f"The image model failed: {exc}", details=details) from None
+    except Exception as exc:
+        log.exception("generation %s failed unexpectedly", generation_id)
+        await _mark_failed(services, generation_id, "internal error", started)
+        raise GenerationFailed(
+            "The generation failed.", details={"generationId": generation_id}
+        ) from exc
+    async with services.sessions() as session:
+        generation = await session.get(Generation, generation_id)
+        if generation is None:  # deleted (hard) while the model worked
+            raise GenerationNotFound("The generation was deleted while it ran.")
+        image = await store_image(
+            session,
+            services.store,
+            project,
+            result.data,
+            facts,
+            source="generated",
+            flow_id=generation.flow_id,
+            generation_id=generation.id,
+        )
+        old = (
+            await session.get(Image, generation.output_image_id)
+            if regenerate and generation.output_image_id
+            else None
+        )
+        if old is not None and old.deleted_at is None:
+            await move_image_aliases(session, old, image)
+        else:
+            await _apply_requested_aliases(session, generation, image)
+        generation.prompt = prompt
+        generation.status = "success"
+        generation.output_image_id = image.id
+        generation.processing_time_ms = int((time.monotonic() - started) * 1000)
+        generation.updated_at = utcnow()
+        if also is not None:
+            await also(session, image)
+        await session.commit()
+        return Produced(generation, image, result.data, model_ms)
 
 
 async def _apply_requested_aliases(
@@ -280,15 +326,18 @@ async def _apply_requested_aliases(
         await set_flow_alias(session, flow, generation.flow_alias, image.id)
 
 
-async def _load_references(
-    services: Services, session: AsyncSession, generation: Generation
-) -> list[ReferenceImage]:
+async def load_references(services: Services, generation: Generation) -> list[ReferenceImage]:
+    """The bytes of the generation's reference images (deleted ones are left out)."""
+    if not generation.referenced_images:
+        return []
     refs = []
-    for ref in generation.referenced_images or []:
-        image = await session.get(Image, ref["imageId"])
-        if image is None or image.deleted_at is not None:
-            continue
-        refs.append(ReferenceImage(await services.store.read(image.storage_key), image.mime_type))
+    async with services.sessions() as session:
+        for ref in generation.referenced_images:
+            image = await session.get(Image, ref["imageId"])
+            if image is None or image.deleted_at is not None:
+                continue
+            data = await services.store.read(image.storage_key)
+            refs.append(ReferenceImage(data, image.mime_type))
     return refs
 
 

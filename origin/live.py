@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from datetime import timedelta
 from typing import Any
@@ -25,15 +26,16 @@ from cache.errors import (
 from cache.index import LiveRecord
 from cache.live_key import SCOPE_PATTERN, LiveKey, live_key, manifest_key
 from origin.generations import (
+    AlsoInTransaction,
     GenerationInput,
+    add_generation,
     check_prompt,
     check_ratio,
     check_template,
-    create_generation,
-    run_generation,
+    produce,
 )
 from origin.images import ProjectCtx, image_record
-from origin.models import Image, LiveEntry, LiveScope, utcnow
+from origin.models import Generation, Image, LiveEntry, LiveScope, utcnow
 from origin.services import Services
 
 log = logging.getLogger("banatie.origin")
@@ -56,25 +58,67 @@ async def live(services: Services, params: LiveParams) -> LiveResult:
     )
     project = ProjectCtx(params.project_id, params.organization_slug, params.project_slug)
     deadline = asyncio.get_running_loop().time() + services.settings.generation_timeout_s * 2
-    while True:
-        async with services.sessions() as session:
-            entry, record = await _existing(session, key)
-            if record is not None:
-                await _publish(services, project, key, record)
-                return LiveResult(record, False, {})
-            if await _claim(services, session, key, entry):
-                break
-        if asyncio.get_running_loop().time() > deadline:
-            raise GatewayTimeout("The image for this key is still being generated elsewhere.")
-        await asyncio.sleep(POLL_S)  # another caller holds the key: wait for its outcome
-    counted = False
+    async with contextlib.AsyncExitStack() as held:  # the generation slot, once claimed
+        while True:
+            async with services.sessions() as session:
+                entry, record = await _existing(session, key)
+                if record is not None:
+                    await _publish(services, project, key, record)
+                    return LiveResult(record, False, {})
+                if await _claim(services, session, key, entry):
+                    generation, budget = await _start(services, session, project, key, params, held)
+                    break
+            if asyncio.get_running_loop().time() > deadline:
+                raise GatewayTimeout("The image for this key is still being generated elsewhere.")
+            await asyncio.sleep(POLL_S)  # another caller holds the key: wait for its outcome
+        heartbeat = asyncio.ensure_future(_heartbeat(services, key))
+        try:
+            produced = await produce(services, project, generation, also=_ready(key))
+        except BaseException as exc:
+            attempted = isinstance(exc, ApiError) and bool((exc.details or {}).get("generationId"))
+            await _release(services, key, failed=attempted)
+            if params.scope:
+                await _uncount_scope(services, params.project_id, params.scope)
+            raise
+        finally:
+            heartbeat.cancel()
+    record = image_record(produced.image, key.canonical)
+    await _publish(services, project, key, record)
+    log.debug(
+        "live key %s generated: image %s, %d bytes, model %.0f ms",
+        key.digest,
+        record.image_id,
+        record.size,
+        produced.model_ms,
+    )
+    return LiveResult(
+        record,
+        True,
+        budget.headers() if budget else {},
+        body=produced.data,
+        model_ms=produced.model_ms,
+    )
+
+
+async def _start(
+    services: Services,
+    session: AsyncSession,
+    project: ProjectCtx,
+    key: LiveKey,
+    params: LiveParams,
+    held: contextlib.AsyncExitStack,
+) -> tuple[Generation, BudgetState | None]:
+    """In the claim's transaction: take a generation slot (into `held`), count the scope,
+    take the budget, add the generation (already `processing`) and point the claim at it;
+    one commit. A refusal rolls the whole transaction back, the claim included, so the key
+    stays free."""
     try:
+        await held.enter_async_context(services.generation_slot())
         if params.scope:
-            await _count_scope(services, params.project_id, params.scope)
-            counted = True
+            await _count_scope(session, services, params.project_id, params.scope)
         budget = await _admit(services, params)
-        generation = await create_generation(
-            services,
+        generation = await add_generation(
+            session,
             project,
             GenerationInput(
                 prompt=key.prompt,
@@ -88,27 +132,32 @@ async def live(services: Services, params: LiveParams) -> LiveResult:
                 flow_alias=None,
                 meta={},
             ),
+            status="processing",
             meta_extra={"live": {"scope": params.scope, "cacheKey": key.digest}},
         )
-        await _set_entry(services, key, status="pending", generation_id=generation.id)
-        heartbeat = asyncio.ensure_future(_heartbeat(services, key))
-        try:
-            generation = await run_generation(services, project, generation.id)
-        finally:
-            heartbeat.cancel()
-    except BaseException as exc:
-        attempted = isinstance(exc, ApiError) and bool((exc.details or {}).get("generationId"))
-        await _release(services, key, failed=attempted)
-        if counted:
-            await _uncount_scope(services, params.project_id, params.scope)
+        await session.execute(
+            update(LiveEntry)
+            .where(LiveEntry.project_id == key.project_id, LiveEntry.cache_key == key.digest)
+            .values(generation_id=generation.id, updated_at=utcnow())
+        )
+        await session.commit()
+    except BaseException:
+        await session.rollback()
         raise
-    async with services.sessions() as session:
-        image = await session.get(Image, generation.output_image_id)
-        assert image is not None
-        record = image_record(image, key.canonical)
-    await _set_entry(services, key, status="ready", image_id=record.image_id)
-    await _publish(services, project, key, record)
-    return LiveResult(record, True, budget.headers() if budget else {})
+    return generation, budget
+
+
+def _ready(key: LiveKey) -> AlsoInTransaction:
+    """Mark the key ready in the transaction that stores its image."""
+
+    async def mark(session: AsyncSession, image: Image) -> None:
+        await session.execute(
+            update(LiveEntry)
+            .where(LiveEntry.project_id == key.project_id, LiveEntry.cache_key == key.digest)
+            .values(status="ready", image_id=image.id, updated_at=utcnow())
+        )
+
+    return mark
 
 
 async def _existing(
@@ -147,7 +196,7 @@ async def _claim(
             )
         )
         try:
-            await session.commit()
+            await session.flush()  # the unique row: a concurrent claimant waits or fails here
             return True
         except IntegrityError:
             await session.rollback()
@@ -165,8 +214,10 @@ async def _claim(
             .where(LiveEntry.id == entry.id, LiveEntry.updated_at == entry.updated_at)
             .values(status="pending", image_id=None, canonical=key.canonical, updated_at=now)
         )
-        await session.commit()
-        return result.rowcount == 1
+        if result.rowcount != 1:
+            await session.rollback()
+            return False
+        return True
     if entry.status == "failed":
         raise GenerationFailed(
             "The last attempt for this image failed; it will be retried shortly.",
@@ -225,30 +276,29 @@ async def ensure_scope(session: AsyncSession, services: Services, project_id: st
     return scope
 
 
-async def _count_scope(services: Services, project_id: str, slug: str) -> None:
+async def _count_scope(
+    session: AsyncSession, services: Services, project_id: str, slug: str
+) -> None:
     """Take one of the scope's new generations atomically (auto-creating the scope)."""
-    async with services.sessions() as session:
-        scope = await ensure_scope(session, services, project_id, slug)
-        await session.commit()
-        if not scope.allow_new_generations:
-            raise ScopeGenerationsDisabled(f"Scope {slug} does not allow new generations.")
-        result = await session.execute(
-            update(LiveScope)
-            .where(
-                LiveScope.id == scope.id,
-                LiveScope.current_generations < LiveScope.new_generations_limit,
-            )
-            .values(
-                current_generations=LiveScope.current_generations + 1,
-                last_generated_at=utcnow(),
-                updated_at=utcnow(),
-            )
+    scope = await ensure_scope(session, services, project_id, slug)
+    if not scope.allow_new_generations:
+        raise ScopeGenerationsDisabled(f"Scope {slug} does not allow new generations.")
+    result = await session.execute(
+        update(LiveScope)
+        .where(
+            LiveScope.id == scope.id,
+            LiveScope.current_generations < LiveScope.new_generations_limit,
         )
-        await session.commit()
-        if result.rowcount != 1:
-            raise ScopeLimitReached(
-                f"Scope {slug} has reached its limit of {scope.new_generations_limit} images."
-            )
+        .values(
+            current_generations=LiveScope.current_generations + 1,
+            last_generated_at=utcnow(),
+            updated_at=utcnow(),
+        )
+    )
+    if result.rowcount != 1:
+        raise ScopeLimitReached(
+            f"Scope {slug} has reached its limit of {scope.new_generations_limit} images."
+        )
 
 
 async def _uncount_scope(services: Services, project_id: str, slug: str) -> None:

@@ -154,12 +154,14 @@ async def test_first_request_generates_then_every_later_one_hits(site: Site) -> 
     assert first.headers["cache-control"] == "public, max-age=31536000, immutable"
     assert first.headers["etag"].startswith('"') and first.headers["x-image-id"]
     assert first.headers["x-content-type-options"] == "nosniff"
+    timing = dict(part.strip().split(";dur=") for part in first.headers["server-timing"].split(","))
+    assert set(timing) == {"model", "miss"} and 0 < float(timing["model"]) <= float(timing["miss"])
 
     for _ in range(3):
         again = await site.live({"prompt": PROMPT})
         assert again.status_code == 200
         assert again.headers["x-cache-status"] == "HIT"
-        assert "x-generation-id" not in again.headers
+        assert "x-generation-id" not in again.headers and "server-timing" not in again.headers
         assert again.content == first.content
         assert again.headers["etag"] == first.headers["etag"]
         assert again.headers["x-image-id"] == first.headers["x-image-id"]
@@ -386,6 +388,11 @@ async def test_scope_limits_stop_new_generations_but_never_hits(site: Site) -> N
     await site.api("PUT", "/api/v1/live/scopes/tight", json={"allowNewGenerations": False})
     assert_error(await site.cdn("tight", {"prompt": "three"}), 403, "SCOPE_GENERATIONS_DISABLED")
     assert (await site.cdn("tight", {"prompt": "one"})).status_code == 200
+    # Refusals leave nothing behind: one generation, counted once.
+    rows = (await site.api("GET", "/api/v1/generations")).json()["data"]
+    assert [g["status"] for g in rows] == ["success"]
+    scope = (await site.api("GET", "/api/v1/live/scopes/tight")).json()["data"]
+    assert scope["currentGenerations"] == 1
 
 
 async def test_per_ip_budget_answers_429_with_retry_after(tmp_path: Path) -> None:
@@ -554,6 +561,13 @@ async def test_too_many_generations_at_once_is_503(tmp_path: Path) -> None:
         refused = next(r for r in responses if r.status_code == 503)
         assert_error(refused, 503, "UPSTREAM_UNAVAILABLE")
         assert refused.headers["retry-after"]
+        # A refusal claims nothing: no generation row is left behind and the key is free.
+        rows = (await site.api("GET", "/api/v1/generations")).json()["data"]
+        assert sorted(g["status"] for g in rows) == ["success", "success"]
+        site.origin.delay_s = 0
+        again = [await site.live({"prompt": f"p{n}"}) for n in range(4)]
+        assert [r.status_code for r in again] == [200] * 4
+        assert sorted(r.headers["x-cache-status"] for r in again) == ["HIT", "HIT", "MISS", "MISS"]
 
 
 async def test_other_paths_reach_the_origin(site: Site) -> None:
