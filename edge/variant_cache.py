@@ -158,7 +158,10 @@ class VariantCache:
         try:
             await self.store.put(record.object_key, body, record.content_type)
             await self.store.put(
-                variant_manifest_key(org, project, digest), record.to_json(), "application/json"
+                variant_manifest_key(org, project, digest),
+                record.to_json(),
+                "application/json",
+                durable=False,  # rebuilt by the next request if a crash loses it
             )
         except Exception as e:
             log.warning("variant %s not stored (%s); serving it uncached", digest, e)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -10,6 +11,7 @@ from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm.exc import StaleDataError
 
 from cache.errors import (
     ApiError,
@@ -38,7 +40,7 @@ from origin.generators import (
     ImageRequest,
     ReferenceImage,
 )
-from origin.images import ProjectCtx, image_json, store_image
+from origin.images import ProjectCtx, image_json, new_image
 from origin.imaging import inspect_generated_async
 from origin.models import Generation, Image, new_id, utcnow
 from origin.services import Services
@@ -174,6 +176,7 @@ async def add_generation(
     *,
     status: str = "pending",
     meta_extra: dict | None = None,
+    generation_id: str | None = None,
 ) -> Generation:
     """Validate references, settle the flow and add the generation row (the caller commits)."""
     flow_id: str | None
@@ -187,6 +190,7 @@ async def add_generation(
         session, project.project_id, data.reference_inputs, data.prompt, flow_id
     )
     generation = Generation(
+        id=generation_id or new_id(),
         project_id=project.project_id,
         flow_id=flow_id,
         status=status,
@@ -282,38 +286,58 @@ async def produce(
         raise GenerationFailed(
             "The generation failed.", details={"generationId": generation_id}
         ) from exc
-    async with services.sessions() as session:
-        generation = await session.get(Generation, generation_id)
-        if generation is None:  # deleted (hard) while the model worked
-            raise GenerationNotFound("The generation was deleted while it ran.")
-        image = await store_image(
-            session,
-            services.store,
-            project,
-            result.data,
-            facts,
-            source="generated",
-            flow_id=generation.flow_id,
-            generation_id=generation.id,
-        )
-        old = (
-            await session.get(Image, generation.output_image_id)
-            if regenerate and generation.output_image_id
-            else None
-        )
-        if old is not None and old.deleted_at is None:
-            await move_image_aliases(session, old, image)
-        else:
-            await _apply_requested_aliases(session, generation, image)
-        generation.prompt = prompt
-        generation.status = "success"
-        generation.output_image_id = image.id
-        generation.processing_time_ms = int((time.monotonic() - started) * 1000)
-        generation.updated_at = utcnow()
-        if also is not None:
-            await also(session, image)
-        await session.commit()
-        return Produced(generation, image, result.data, model_ms)
+    try:
+        async with services.sessions() as session:
+            # The row as the caller left it (no read): a generation deleted meanwhile makes the
+            # UPDATE match nothing, which the flush reports as StaleDataError.
+            generation = await session.merge(generation, load=False)
+            image = new_image(
+                project,
+                facts,
+                source="generated",
+                flow_id=generation.flow_id,
+                generation_id=generation.id,
+            )
+            # The bytes are written while the rows are prepared; the commit waits for them, so a
+            # crash can still leave bytes without a row, never a row without bytes.
+            writing = asyncio.ensure_future(
+                services.store.put(image.storage_key, result.data, facts.mime_type)
+            )
+            try:
+                session.add(image)
+                old = (
+                    await session.get(Image, generation.output_image_id)
+                    if regenerate and generation.output_image_id
+                    else None
+                )
+                if old is not None and old.deleted_at is None:
+                    await move_image_aliases(session, old, image)
+                else:
+                    await _apply_requested_aliases(session, generation, image)
+                generation.prompt = prompt
+                generation.status = "success"
+                generation.output_image_id = image.id
+                generation.processing_time_ms = int((time.monotonic() - started) * 1000)
+                generation.updated_at = utcnow()
+                if also is not None:
+                    await also(session, image)
+                try:
+                    await session.flush()
+                except StaleDataError:
+                    raise GenerationNotFound("The generation was deleted while it ran.") from None
+            finally:
+                await asyncio.wait([writing])
+            await writing  # a failed write fails the generation's commit
+            await session.commit()
+            return Produced(generation, image, result.data, model_ms)
+    except GenerationNotFound:
+        raise
+    except Exception:  # storage or database down: the row must not stay `processing`
+        try:
+            await _mark_failed(services, generation_id, "the image could not be stored", started)
+        except Exception:
+            log.exception("could not mark generation %s failed", generation_id)
+        raise
 
 
 async def _apply_requested_aliases(

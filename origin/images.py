@@ -44,16 +44,33 @@ async def store_image(
     meta: dict[str, Any] | None = None,
 ) -> Image:
     """Write the bytes first, then add the row: a crash can leave bytes, never a bare row."""
+    image = new_image(
+        project, facts, source=source, flow_id=flow_id, generation_id=generation_id, meta=meta
+    )
+    await store.put(image.storage_key, data, facts.mime_type)
+    session.add(image)
+    await session.flush()
+    return image
+
+
+def new_image(
+    project: ProjectCtx,
+    facts: ImageFacts,
+    *,
+    source: str,
+    flow_id: str | None = None,
+    generation_id: str | None = None,
+    meta: dict[str, Any] | None = None,
+) -> Image:
+    """A new image row (not yet added) with its id and the storage key of its bytes."""
     image_id = new_id()
-    key = image_key(project.organization_slug, project.project_slug, image_id)
-    await store.put(key, data, facts.mime_type)
-    image = Image(
+    return Image(
         id=image_id,
         project_id=project.project_id,
         flow_id=flow_id,
         generation_id=generation_id,
         source=source,
-        storage_key=key,
+        storage_key=image_key(project.organization_slug, project.project_slug, image_id),
         mime_type=facts.mime_type,
         file_size=facts.size,
         width=facts.width,
@@ -61,9 +78,6 @@ async def store_image(
         content_hash=facts.content_hash,
         meta=meta or {},
     )
-    session.add(image)
-    await session.flush()
-    return image
 
 
 def image_json(image: Image, project: ProjectCtx, public_url: str) -> dict[str, Any]:

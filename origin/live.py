@@ -35,7 +35,7 @@ from origin.generations import (
     produce,
 )
 from origin.images import ProjectCtx, image_record
-from origin.models import Generation, Image, LiveEntry, LiveScope, utcnow
+from origin.models import Generation, Image, LiveEntry, LiveScope, new_id, utcnow
 from origin.services import Services
 
 log = logging.getLogger("banatie.origin")
@@ -58,16 +58,24 @@ async def live(services: Services, params: LiveParams) -> LiveResult:
     )
     project = ProjectCtx(params.project_id, params.organization_slug, params.project_slug)
     deadline = asyncio.get_running_loop().time() + services.settings.generation_timeout_s * 2
+    generation_id = new_id()  # named in the claim, so one insert claims and links it
+    first = True
     async with contextlib.AsyncExitStack() as held:  # the generation slot, once claimed
         while True:
             async with services.sessions() as session:
-                entry, record = await _existing(session, key)
+                # A miss at the edge is most often a new key: try to claim it before reading.
+                entry, record = (None, None) if first else await _existing(session, key)
                 if record is not None:
                     await _publish(services, project, key, record)
                     return LiveResult(record, False, {})
-                if await _claim(services, session, key, entry):
-                    generation, budget = await _start(services, session, project, key, params, held)
+                if await _claim(services, session, key, entry, generation_id):
+                    generation, budget = await _start(
+                        services, session, project, key, params, held, generation_id
+                    )
                     break
+            if first:  # the key has a row already: read it at once
+                first = False
+                continue
             if asyncio.get_running_loop().time() > deadline:
                 raise GatewayTimeout("The image for this key is still being generated elsewhere.")
             await asyncio.sleep(POLL_S)  # another caller holds the key: wait for its outcome
@@ -107,10 +115,11 @@ async def _start(
     key: LiveKey,
     params: LiveParams,
     held: contextlib.AsyncExitStack,
+    generation_id: str,
 ) -> tuple[Generation, BudgetState | None]:
     """In the claim's transaction: take a generation slot (into `held`), count the scope,
-    take the budget, add the generation (already `processing`) and point the claim at it;
-    one commit. A refusal rolls the whole transaction back, the claim included, so the key
+    take the budget and add the generation the claim names (already `processing`); one
+    commit. A refusal rolls the whole transaction back, the claim included, so the key
     stays free."""
     try:
         await held.enter_async_context(services.generation_slot())
@@ -134,11 +143,7 @@ async def _start(
             ),
             status="processing",
             meta_extra={"live": {"scope": params.scope, "cacheKey": key.digest}},
-        )
-        await session.execute(
-            update(LiveEntry)
-            .where(LiveEntry.project_id == key.project_id, LiveEntry.cache_key == key.digest)
-            .values(generation_id=generation.id, updated_at=utcnow())
+            generation_id=generation_id,
         )
         await session.commit()
     except BaseException:
@@ -179,9 +184,14 @@ async def _existing(
 
 
 async def _claim(
-    services: Services, session: AsyncSession, key: LiveKey, entry: LiveEntry | None
+    services: Services,
+    session: AsyncSession,
+    key: LiveKey,
+    entry: LiveEntry | None,
+    generation_id: str,
 ) -> bool:
-    """Become the one caller that generates this key. The unique row is the arbiter."""
+    """Become the one caller that generates this key, for `generation_id`. The unique row
+    is the arbiter; the claim stays in the caller's transaction."""
     now = utcnow()
     if entry is None:
         session.add(
@@ -191,6 +201,7 @@ async def _claim(
                 canonical=key.canonical,
                 scope=key.scope,
                 status="pending",
+                generation_id=generation_id,
                 created_at=now,
                 updated_at=now,
             )
@@ -212,7 +223,13 @@ async def _claim(
         result = await session.execute(
             update(LiveEntry)
             .where(LiveEntry.id == entry.id, LiveEntry.updated_at == entry.updated_at)
-            .values(status="pending", image_id=None, canonical=key.canonical, updated_at=now)
+            .values(
+                status="pending",
+                image_id=None,
+                generation_id=generation_id,
+                canonical=key.canonical,
+                updated_at=now,
+            )
         )
         if result.rowcount != 1:
             await session.rollback()
@@ -280,6 +297,22 @@ async def _count_scope(
     session: AsyncSession, services: Services, project_id: str, slug: str
 ) -> None:
     """Take one of the scope's new generations atomically (auto-creating the scope)."""
+    taken = await session.execute(
+        update(LiveScope)
+        .where(
+            LiveScope.project_id == project_id,
+            LiveScope.slug == slug,
+            LiveScope.allow_new_generations.is_(True),
+            LiveScope.current_generations < LiveScope.new_generations_limit,
+        )
+        .values(
+            current_generations=LiveScope.current_generations + 1,
+            last_generated_at=utcnow(),
+            updated_at=utcnow(),
+        )
+    )
+    if taken.rowcount == 1:  # the common case: one statement
+        return
     scope = await ensure_scope(session, services, project_id, slug)
     if not scope.allow_new_generations:
         raise ScopeGenerationsDisabled(f"Scope {slug} does not allow new generations.")
@@ -358,16 +391,20 @@ async def _release(services: Services, key: LiveKey, failed: bool) -> None:
 async def _publish(
     services: Services, project: ProjectCtx, key: LiveKey, record: LiveRecord
 ) -> None:
-    """Write the manifest (the edge's fallback without Redis) and the index entry."""
-    try:
-        await services.store.put(
+    """Write the manifest (the edge's fallback without Redis) and the index entry, at once.
+    Both are caches of the database row: the manifest is not flushed to disk (after a crash
+    that loses it, the next miss finds the row and writes it again)."""
+    manifest, indexed = await asyncio.gather(
+        services.store.put(
             manifest_key(project.organization_slug, project.project_slug, key.digest),
             record.to_json(),
             "application/json",
-        )
-    except Exception:
-        log.warning("could not write manifest for %s", key.digest)
-    try:
-        await services.index.set(key.digest, record)
-    except Exception:
+            durable=False,
+        ),
+        services.index.set(key.digest, record),
+        return_exceptions=True,
+    )
+    if isinstance(manifest, BaseException):
+        log.warning("could not write manifest for %s: %s", key.digest, manifest)
+    if isinstance(indexed, BaseException):
         log.warning("index unavailable; %s served from manifest until it returns", key.digest)

@@ -33,7 +33,10 @@ class ObjectInfo:
 class ObjectStore(Protocol):
     """Where image bytes and live manifests live."""
 
-    async def put(self, key: str, data: bytes, content_type: str) -> None: ...
+    async def put(self, key: str, data: bytes, content_type: str, *, durable: bool = True) -> None:
+        """Write an object. `durable=False` may skip flushing it to disk (for objects that
+        can be rebuilt from the database, like manifests); S3 ignores it."""
+        ...
 
     def get(self, key: str, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
         """Stream bytes [start, end] (inclusive end, None = to the end) in chunks."""

@@ -72,7 +72,7 @@ class S3Store:
         )
         self._executor = ThreadPoolExecutor(max_workers=POOL_SIZE, thread_name_prefix="s3")
 
-    async def put(self, key: str, data: bytes, content_type: str) -> None:
+    async def put(self, key: str, data: bytes, content_type: str, *, durable: bool = True) -> None:
         validate_key(key)
         with self._errors(key):
             await self._run(
