@@ -32,22 +32,11 @@ class ProjectCtx:
 
 
 async def store_image(
-    session: AsyncSession,
-    store: ObjectStore,
-    project: ProjectCtx,
-    data: bytes,
-    facts: ImageFacts,
-    *,
-    source: str,
-    flow_id: str | None = None,
-    generation_id: str | None = None,
-    meta: dict[str, Any] | None = None,
+    session: AsyncSession, store: ObjectStore, image: Image, data: bytes
 ) -> Image:
-    """Write the bytes first, then add the row: a crash can leave bytes, never a bare row."""
-    image = new_image(
-        project, facts, source=source, flow_id=flow_id, generation_id=generation_id, meta=meta
-    )
-    await store.put(image.storage_key, data, facts.mime_type)
+    """Write the bytes first, then add the row (from `new_image`): a crash can leave bytes,
+    never a bare row."""
+    await store.put(image.storage_key, data, image.mime_type)
     session.add(image)
     await session.flush()
     return image

@@ -40,6 +40,7 @@ from origin.flows import ensure_flow
 from origin.images import (
     forget_everywhere,
     image_json,
+    new_image,
     record_changed,
     soft_delete_image,
     store_image,
@@ -113,16 +114,8 @@ async def upload(request: Request) -> Response:
         flow = None
         if flow_id is not None and (materialise or flow_alias):
             flow = await ensure_flow(session, project.project_id, flow_id)
-        image = await store_image(
-            session,
-            services.store,
-            project,
-            data,
-            facts,
-            source="uploaded",
-            flow_id=flow_id,
-            meta=meta,
-        )
+        image = new_image(project, facts, source="uploaded", flow_id=flow_id, meta=meta)
+        image = await store_image(session, services.store, image, data)
         if alias:
             await assign_project_alias(session, image, alias)
         if flow is not None and flow_alias:

@@ -1,8 +1,9 @@
-"""The server protocol's L1 fast path (edge.protocol), on a real `banatie serve` process.
+"""The server as uvicorn runs it (edge.protocol, edge.cli), on real `banatie serve` processes.
 
-A hit answered there must be the same response the ASGI path gives, and every request it is
-not sure about must still reach the ASGI path. `banatie_fast_path_responses` in /metrics says
-which path answered.
+The L1 fast path: a hit answered there must be the same response the ASGI path gives, and
+every request it is not sure about must still reach the ASGI path.
+`banatie_fast_path_responses` in /metrics says which path answered. And X-Forwarded-For is
+the edge's business alone (TRUSTED_PROXIES), not uvicorn's.
 """
 
 from __future__ import annotations
@@ -168,5 +169,26 @@ def test_a_signed_project_is_never_answered_unsigned(tmp_path: Path) -> None:
         refused = httpx.get(app.url + LIVE)
         assert refused.status_code == 403
         assert fast_answers(app) == 1
+    finally:
+        app.stop()
+
+
+def test_forwarded_for_from_an_untrusted_peer_does_not_dodge_the_ip_budget(
+    tmp_path: Path,
+) -> None:
+    """uvicorn would trust X-Forwarded-For from loopback by default; the edge must not."""
+    app = Banatie("serve", tmp_path, env={"IP_BUDGET_PER_HOUR": "1"}).start()
+    try:
+        project_key(app)
+        first = httpx.get(
+            app.url + "/cdn/acme/web/live/site?prompt=one",
+            headers={"X-Forwarded-For": "203.0.113.1"},
+        )
+        assert first.status_code == 200
+        second = httpx.get(
+            app.url + "/cdn/acme/web/live/site?prompt=two",
+            headers={"X-Forwarded-For": "203.0.113.2"},
+        )
+        assert second.status_code == 429, second.text
     finally:
         app.stop()
