@@ -16,12 +16,15 @@ custom collectors.
 
 from __future__ import annotations
 
+import hmac
 from collections.abc import Awaitable, Callable, Iterator, MutableMapping
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
+
+from cache.errors import Unauthorized
 
 Message = MutableMapping[str, Any]
 Send = Callable[[Message], Awaitable[None]]
@@ -156,8 +159,23 @@ _READ_AT_SCRAPE = (
 )  # fmt: skip
 
 
-async def send_metrics(send: Send, metrics: Metrics, head: bool = False) -> None:
-    """The `/metrics` response."""
+async def send_metrics(send: Send, metrics: Metrics, scope: Message, token: str = "") -> None:
+    """The `/metrics` response; with a token (METRICS_TOKEN), only for `Authorization:
+    Bearer <token>`, else a 401 envelope."""
+    head = scope["method"] == "HEAD"
+    if token and not _bearer_matches(scope, token):
+        error = Unauthorized("GET /metrics needs Authorization: Bearer <METRICS_TOKEN>.")
+        body = error.body()
+        headers = [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+            (b"cache-control", b"no-store"),
+            (b"x-content-type-options", b"nosniff"),
+            (b"www-authenticate", b'Bearer realm="metrics"'),
+        ]
+        await send({"type": "http.response.start", "status": 401, "headers": headers})
+        await send({"type": "http.response.body", "body": b"" if head else body})
+        return
     body = metrics.render()
     await send(
         {
@@ -174,17 +192,30 @@ async def send_metrics(send: Send, metrics: Metrics, head: bool = False) -> None
     await send({"type": "http.response.body", "body": b"" if head else body})
 
 
+def _bearer_matches(scope: Message, token: str) -> bool:
+    for name, value in scope["headers"]:
+        if name == b"authorization":
+            scheme, _, given = value.strip().partition(b" ")
+            return scheme.lower() == b"bearer" and hmac.compare_digest(
+                given.strip(), token.encode()
+            )
+    return False
+
+
 class MetricsEndpoint:
     """In front of an app that has no edge before it (the origin alone): counts its responses
     by route family and answers `GET /metrics`."""
 
-    def __init__(self, app: Callable[..., Awaitable[None]], metrics: Metrics) -> None:
+    def __init__(
+        self, app: Callable[..., Awaitable[None]], metrics: Metrics, token: str = ""
+    ) -> None:
         self.app = app
         self.metrics = metrics
+        self.token = token
 
     async def __call__(self, scope: Message, receive: Callable[..., Any], send: Send) -> None:
         if scope["type"] == "http":
             if scope["path"] == "/metrics" and scope["method"] in ("GET", "HEAD"):
-                return await send_metrics(send, self.metrics, scope["method"] == "HEAD")
+                return await send_metrics(send, self.metrics, scope, self.token)
             send = self.metrics.counting(send, family_of(scope["path"]))
         await self.app(scope, receive, send)

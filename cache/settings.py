@@ -68,6 +68,7 @@ class Settings:
     port: int = 3000
     origin_url: str = "http://127.0.0.1:3001"
     service_token: str = ""
+    metrics_token: str = ""  # empty: /metrics is open (block it at the load balancer)
     bootstrap_default_project: bool = True
     # Limits
     max_upload_bytes: int = 5 * 1024 * 1024
@@ -141,6 +142,7 @@ class Settings:
             port=port,
             origin_url=_str(e, "ORIGIN_URL", cls.origin_url).rstrip("/"),
             service_token=_str(e, "SERVICE_TOKEN", ""),
+            metrics_token=_str(e, "METRICS_TOKEN", ""),
             bootstrap_default_project=_bool(e, "BOOTSTRAP_DEFAULT_PROJECT", True),
             max_upload_bytes=_int(e, "MAX_UPLOAD_BYTES", cls.max_upload_bytes),
             max_image_pixels=_int(e, "MAX_IMAGE_PIXELS", cls.max_image_pixels),

@@ -284,7 +284,7 @@ class Edge:
                     request.family = "cdn_live" if live else "cdn_img"
                     return await self._guarded(route, request, send, parts[2], parts[3], parts[5])
             if path == "/metrics" and scope["method"] in ("GET", "HEAD"):
-                return await send_metrics(send, self.metrics, scope["method"] == "HEAD")
+                return await send_metrics(send, self.metrics, scope, self.settings.metrics_token)
             send = self.metrics.counting(send, family_of(path))
         elif scope["type"] == "lifespan":
             return await self._lifespan(scope, receive, send)

@@ -69,6 +69,7 @@ async def build_one_process(settings: Settings):  # type: ignore[no-untyped-def]
     if settings.storage_backend == "local":
         await services.store.check()
     await _bootstrap_default_project(services)
+    services.start_chores()
     origin = create_origin(settings, services)
     edge = create_edge(
         settings,
@@ -92,10 +93,12 @@ async def build_one_process(settings: Settings):  # type: ignore[no-untyped-def]
 
 async def build_origin(settings: Settings):  # type: ignore[no-untyped-def]
     services = await open_services(settings)
+    services.start_chores()
     if not settings.service_token:
         log.warning("SERVICE_TOKEN is not set: edge processes cannot reach this origin")
     # No edge in front: the origin counts its own requests and answers /metrics.
-    return MetricsEndpoint(create_origin(settings, services), services.metrics), services.close
+    origin = create_origin(settings, services)
+    return MetricsEndpoint(origin, services.metrics, settings.metrics_token), services.close
 
 
 async def build_edge(settings: Settings):  # type: ignore[no-untyped-def]

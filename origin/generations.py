@@ -7,9 +7,10 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm.exc import StaleDataError
 
@@ -20,6 +21,7 @@ from cache.errors import (
     UpstreamUnavailable,
     ValidationError,
 )
+from cache.settings import Settings
 from origin.aliases import (
     ALIAS_PATTERN,
     aliases_in_prompt,
@@ -363,6 +365,47 @@ async def load_references(services: Services, generation: Generation) -> list[Re
             data = await services.store.read(image.storage_key)
             refs.append(ReferenceImage(data, image.mime_type))
     return refs
+
+
+INTERRUPTED = "interrupted: the process running it stopped before it finished"
+
+
+def stale_after_s(settings: Settings) -> float:
+    """How long a `pending`/`processing` row can go untouched while someone works on it: a run
+    is two model calls (enhancement, image), each bounded by GENERATION_TIMEOUT_S, plus one
+    more of the same for references, checks and storage."""
+    return 3 * settings.generation_timeout_s
+
+
+async def fail_interrupted(services: Services) -> int:
+    """Mark generations whose process died mid-run (SIGKILL, power loss) `failed`, so they do
+    not stay `processing` for ever; they can be retried like any failure."""
+    now = utcnow()
+    cutoff = now - timedelta(seconds=stale_after_s(services.settings))
+    async with services.sessions() as session:
+        result = await session.execute(
+            update(Generation)
+            .where(
+                Generation.status.in_(("pending", "processing")),
+                Generation.updated_at < cutoff,
+            )
+            .values(status="failed", error_message=INTERRUPTED, updated_at=now)
+        )
+        await session.commit()
+    if result.rowcount:
+        log.warning("%d interrupted generation(s) marked failed", result.rowcount)
+    return result.rowcount
+
+
+async def sweep_interrupted(services: Services) -> None:
+    """`fail_interrupted` at start and then every half of the stale time (at most a minute)."""
+    every = min(60.0, stale_after_s(services.settings) / 2)
+    while True:
+        try:
+            await fail_interrupted(services)
+        except Exception:
+            log.warning("could not sweep interrupted generations", exc_info=True)
+        await asyncio.sleep(every)
 
 
 async def _mark_failed(

@@ -34,6 +34,7 @@ class Services:
     background: set[asyncio.Task[object]] = field(default_factory=set)
     generations_in_flight: int = 0
     metrics: Metrics = field(default_factory=Metrics)
+    chores: list[asyncio.Task[None]] = field(default_factory=list)  # cancelled at close
 
     def __post_init__(self) -> None:
         self.metrics.read("origin_in_flight", lambda: self.generations_in_flight)
@@ -48,8 +49,16 @@ class Services:
         task.add_done_callback(self.background.discard)
         return task
 
+    def start_chores(self) -> None:
+        """Periodic upkeep of a serving origin: interrupted generations are marked failed."""
+        from origin.generations import sweep_interrupted
+
+        self.chores.append(asyncio.ensure_future(sweep_interrupted(self)))
+
     async def close(self) -> None:
         """Let background generations finish (up to the generation timeout), then disconnect."""
+        for chore in self.chores:
+            chore.cancel()
         if self.background:
             log.info("waiting for %d background generations", len(self.background))
             await asyncio.wait(self.background, timeout=self.settings.generation_timeout_s)

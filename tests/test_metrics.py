@@ -135,3 +135,21 @@ def test_banatie_serve_shows_edge_and_origin_in_one_scrape(tmp_path: Path) -> No
     assert value(samples, "banatie_requests_total", family="cdn_live", status="404") == 1
     assert ("banatie_origin_generations_in_flight", frozenset()) in samples
     assert ("banatie_l1_bytes", frozenset()) in samples
+
+
+def test_metrics_token_guards_the_edge_and_the_origin(tmp_path: Path) -> None:
+    token = "scrape-secret-123"
+    origin = Banatie("origin", tmp_path / "o", {"METRICS_TOKEN": token, "SERVICE_TOKEN": "s"})
+    serve = Banatie("serve", tmp_path / "s", {"METRICS_TOKEN": token})
+    for app in (origin, serve):
+        app.start()
+        try:
+            for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": token}):
+                refused = httpx.get(f"{app.url}/metrics", headers=headers)
+                assert refused.status_code == 401, (app.command, headers)
+                assert refused.json()["error"]["code"] == "UNAUTHORIZED"
+                assert refused.headers["cache-control"] == "no-store"
+            allowed = httpx.get(f"{app.url}/metrics", headers={"Authorization": f"bearer {token}"})
+            assert allowed.status_code == 200 and "banatie_requests_total" in allowed.text
+        finally:
+            app.stop()

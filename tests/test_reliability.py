@@ -9,6 +9,7 @@ from pathlib import Path
 
 import httpx
 
+from cache.index import LiveRecord
 from origin.gc import sweep
 from tests.fake_gemini import FakeGemini
 from tests.harness import Api
@@ -75,7 +76,8 @@ def test_sigkill_mid_generation_leaves_no_row_without_bytes(
     tmp_path: Path, gemini: FakeGemini
 ) -> None:
     gemini.delay_s = 3
-    app, key = _serve(tmp_path, gemini)
+    # A run is stale after 3 x GENERATION_TIMEOUT_S untouched: 12 s here, swept every 6 s.
+    app, key = _serve(tmp_path, gemini, GENERATION_TIMEOUT_S="4")
     try:
         _get_in_background(app.url + LIVE)
         _wait_for_generation(gemini)
@@ -95,6 +97,18 @@ def test_sigkill_mid_generation_leaves_no_row_without_bytes(
         for image in images:
             assert (tmp_path / "objects" / image["storageKey"]).is_file()
         assert httpx.get(again.url + LIVE, timeout=10).headers["X-Cache-Status"] == "HIT"
+        # The killed run does not stay `processing`: the restarted origin marks it failed.
+        deadline = time.monotonic() + 40
+        while True:
+            rows = httpx.get(again.url + "/api/v1/generations", headers={"X-API-Key": key}).json()[
+                "data"
+            ]
+            states = sorted((g["status"], g["errorMessage"] or "") for g in rows)
+            if states[0][0] == "failed" or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+        assert [s for s, _ in states] == ["failed", "success"], states
+        assert states[0][1].startswith("interrupted")
     finally:
         again.stop()
 
@@ -114,6 +128,33 @@ async def test_gc_lists_then_removes_only_unreferenced_objects(sqlite_api: Api) 
     assert sorted(done.removed) == sorted(dry.orphans)
     assert not await store.exists("acme/web/img/00000000-0000-4000-8000-00000000dead")
     assert await store.exists(image["storageKey"])
+
+
+async def test_gc_removes_variants_whose_source_image_is_gone(sqlite_api: Api) -> None:
+    store = sqlite_api.services.store
+    alive = await sqlite_api.upload()
+    deleted = await sqlite_api.upload()
+    assert (await sqlite_api.delete(f"/api/v1/images/{deleted['id']}")).status_code == 200
+
+    async def variant(hex_digit: str, image_id: str | None) -> str:
+        key = "acme/web/var/" + hex_digit * 32
+        await store.put(key, b"variant bytes", "image/webp")
+        if image_id is not None:
+            record = LiveRecord(image_id, None, key, "image/webp", 13, '"v"', "canonical")
+            await store.put(key + ".json", record.to_json(), "application/json")
+        return key
+
+    kept = await variant("a", alive["id"])
+    of_deleted = await variant("b", deleted["id"])
+    of_unknown = await variant("c", "00000000-0000-4000-8000-000000000000")
+    bare = await variant("d", None)
+    dry = await sweep(store, sqlite_api.services.sessions)
+    expected = sorted([of_deleted, of_deleted + ".json", of_unknown, of_unknown + ".json", bare])
+    assert sorted(dry.orphans) == expected
+    done = await sweep(store, sqlite_api.services.sessions, delete=True, grace_s=0)
+    assert sorted(done.removed) == expected
+    assert await store.exists(kept) and await store.exists(kept + ".json")
+    assert not await store.exists(of_deleted) and not await store.exists(bare)
 
 
 def test_gc_command_is_a_dry_run_by_default(tmp_path: Path) -> None:
