@@ -878,6 +878,8 @@ class FastRoute:
 def _fast_route(url: bytes, variants: VariantCache) -> FastRoute | None:
     """The live route of a raw request target, or None (another route, or a request the
     ASGI path must answer: bad parameters, percent-encoded path, anything unusual)."""
+    if b"#" in url:  # a fragment: let uvicorn's URL parser decide what the query is
+        return None
     path, _, query = url.partition(b"?")
     if path == b"/api/v1/live":
         family, org, project, scope = "live", None, "", ""

@@ -112,6 +112,12 @@ def test_what_the_fast_path_declines_still_gets_its_answer(served: tuple[Banatie
     assert unknown.status_code == 404
     post = httpx.post(app.url + LIVE)
     assert post.status_code == 405
+    # A fragment is not part of the query: the ASGI path (uvicorn's URL parser) answers.
+    [(status, _, body)] = split_responses(
+        raw(app, f"GET {LIVE}#x HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+    )
+    assert status.startswith(b"HTTP/1.1 200") and body == httpx.get(app.url + LIVE).content
+    before += 1  # the plain GET just above was a fast hit
     wrong_key = httpx.get(
         app.url + "/api/v1/live?prompt=" + quote(PROMPT), headers={"X-API-Key": "bnt_" + "0" * 64}
     )
