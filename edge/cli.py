@@ -14,7 +14,7 @@ from cache.settings import Settings, SettingsError
 def _run(target: str, settings: Settings, host: str | None, port: int | None, workers: int) -> None:
     import uvicorn
 
-    from edge.protocol import EnvelopeHttpTools
+    from edge.protocol import EdgeHttpTools
 
     # uvicorn drains in-flight requests on SIGTERM, then re-raises the signal to whatever
     # handler was there before: make that a clean exit, so orchestrators see status 0.
@@ -26,7 +26,7 @@ def _run(target: str, settings: Settings, host: str | None, port: int | None, wo
         port=port or settings.port,
         workers=workers,
         loop="uvloop",
-        http=EnvelopeHttpTools,
+        http=EdgeHttpTools,
         # X-Forwarded-For is read by the edge, from TRUSTED_PROXIES only; uvicorn's own
         # handling would trust any loopback peer's header before the edge saw the request.
         proxy_headers=False,
