@@ -29,6 +29,9 @@ class Entry:
     etag: str
     image_id: str
     cost: int = 0
+    # The headers as HTTP/1.1 lines, for the server protocol's fast path; made by `put`.
+    wire: bytes = b""
+    wire_not_modified: bytes = b""
 
 
 class ResponseCache:
@@ -76,6 +79,8 @@ class ResponseCache:
 
     def put(self, key: str, entry: Entry) -> bool:
         """Insert (or replace) `key`; False when the entry is too large to be kept."""
+        entry.wire = _wire(entry.headers)
+        entry.wire_not_modified = _wire(entry.not_modified_headers)
         entry.cost = _cost(key, entry)
         if len(entry.body) > self.max_entry_bytes or entry.cost > self.max_bytes:
             self.drop(key)
@@ -126,9 +131,14 @@ class ResponseCache:
         }
 
 
+def _wire(headers: Headers) -> bytes:
+    return b"".join(name + b": " + value + b"\r\n" for name, value in headers)
+
+
 def _cost(key: str, entry: Entry) -> int:
     headers = sum(len(k) + len(v) for k, v in entry.headers)
     headers += sum(len(k) + len(v) for k, v in entry.not_modified_headers)
+    headers += len(entry.wire) + len(entry.wire_not_modified)
     return len(entry.body) + headers + len(key) + _ENTRY_OVERHEAD
 
 

@@ -210,10 +210,10 @@ class Edge:
 
     def fast_hit(
         self, method: bytes, url: bytes, headers: list[tuple[bytes, bytes]]
-    ) -> tuple[int, Headers, bytes] | None:
+    ) -> tuple[int, bytes, bytes] | None:
         """A live URL whose response is in L1, answered without the ASGI machinery: the
         server's protocol calls this as soon as a request's headers are read and, given
-        (status, headers, body), writes them itself. None means "not that simple" (not a
+        (status, header lines, body), writes them itself. None means "not that simple" (not a
         live route, not in L1, a Range, a signed project, an unknown key, anything to
         report): the request then takes the ASGI path, which answers every case. Nothing
         here awaits; every answer is one that path would give for the same request.
@@ -261,10 +261,10 @@ class Edge:
         self.fast_answers += 1
         if if_none_match is not None and _etag_matches(if_none_match, entry.etag):
             self.metrics.responded(route.family, 304, 0)
-            return 304, entry.not_modified_headers, b""
+            return 304, entry.wire_not_modified, b""
         body = b"" if method == b"HEAD" else entry.body
         self.metrics.responded(route.family, entry.status, len(body))
-        return entry.status, entry.headers, body
+        return entry.status, entry.wire, body
 
     # -- ASGI ---------------------------------------------------------------------------------
 

@@ -21,7 +21,8 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from cache.errors import ValidationError
 
 Headers = list[tuple[bytes, bytes]]
-FastHit = Callable[[bytes, bytes, Headers], "tuple[int, Headers, bytes] | None"]
+# (method, request target, headers) → (status, header lines "name: value\r\n"..., body)
+FastHit = Callable[[bytes, bytes, Headers], "tuple[int, bytes, bytes] | None"]
 
 _STATUS_LINES = {int(s): b"HTTP/1.1 %d %s\r\n" % (int(s), s.phrase.encode()) for s in HTTPStatus}
 
@@ -43,6 +44,8 @@ class EdgeHttpTools(HttpToolsProtocol):
     """httptools with the envelope for unreadable requests and the L1 fast path."""
 
     _fast_done = False  # the current request was answered by the fast path
+    _fast: FastHit | None = None  # the app's, once found
+    _defaults: tuple[object, bytes] = (None, b"")  # server_state.default_headers, as lines
 
     def on_message_begin(self) -> None:
         self._fast_done = False
@@ -68,20 +71,21 @@ class EdgeHttpTools(HttpToolsProtocol):
         if self.parser.should_upgrade() or self.flow.write_paused:
             # A client that does not read its responses gets uvicorn's back-pressure.
             return False
-        fast = fast_path_of(self.app)
+        fast = self._fast
         if fast is None:
-            return False
+            fast = self._fast = fast_path_of(self.app)  # None until the app has started
+            if fast is None:
+                return False
         answer = fast(self.parser.get_method(), self.url, self.headers)
         if answer is None:
             return False
-        status, headers, body = answer
+        status, lines, body = answer
         keep_alive = self.parser.should_keep_alive() and self.parser.get_http_version() == "1.1"
-        head = [_STATUS_LINES[status]]
-        head += [k + b": " + v + b"\r\n" for k, v in self.server_state.default_headers]
-        head += [k + b": " + v + b"\r\n" for k, v in headers]
-        head.append(b"\r\n" if keep_alive else b"connection: close\r\n\r\n")
-        head.append(body)
-        self.transport.write(b"".join(head))
+        defaults = self.server_state.default_headers  # a new list each second (the date)
+        if self._defaults[0] is not defaults:
+            self._defaults = (defaults, b"".join(k + b": " + v + b"\r\n" for k, v in defaults))
+        end = b"\r\n" if keep_alive else b"connection: close\r\n\r\n"
+        self.transport.write(b"".join((_STATUS_LINES[status], self._defaults[1], lines, end, body)))
         self._fast_done = True
         self.server_state.total_requests += 1
         if not keep_alive:
