@@ -65,8 +65,10 @@ class Coalescer(Generic[T]):
         locks: Locks | None = None,
         lease_ms: int = 10_000,
         retry_after_s: int = 5,
+        busy: str = "Too many images are being generated right now; try again shortly.",
     ) -> None:
         self.max_concurrent = max_concurrent
+        self.busy = busy  # the 503's message over the cap: names what is being made
         self.timeout_s = timeout_s
         self.failure_ttl_s = failure_ttl_s
         self.locks = locks
@@ -99,10 +101,7 @@ class Coalescer(Generic[T]):
             joined = task is not None
             if task is None:
                 if len(self._tasks) >= self.max_concurrent:
-                    raise UpstreamUnavailable(
-                        "Too many images are being generated right now; try again shortly.",
-                        retry_after=self.retry_after_s,
-                    )
+                    raise UpstreamUnavailable(self.busy, retry_after=self.retry_after_s)
                 task = asyncio.get_running_loop().create_task(self._produce(key, factory, check))
                 self._tasks[key] = task
                 task.add_done_callback(lambda t: self._finished(key, t))

@@ -52,7 +52,7 @@ class LiveParams:
 class LiveResult:
     record: LiveRecord
     created: bool  # True when this call ran the generation (a MISS that paid)
-    rate_headers: dict[str, str]
+    rate_headers: dict[str, str]  # X-RateLimit-* of the bucket a generating miss spent from
     body: bytes | None = None  # the image, when the origin runs in the edge's process
     model_ms: float | None = None  # of the generation: time spent waiting on the model
 

@@ -69,6 +69,18 @@ class ScopeLimitReached(ApiError):
     status, code = 403, "SCOPE_LIMIT_REACHED"
 
 
+class ScopeInvalidFormat(ValidationError):
+    code = "SCOPE_INVALID_FORMAT"
+
+
+class FlowHasNoGenerations(ValidationError):
+    code = "FLOW_HAS_NO_GENERATIONS"
+
+
+class VariantLimitReached(ApiError):
+    status, code = 403, "VARIANT_LIMIT_REACHED"
+
+
 class NotFound(ApiError):
     """404; `code` names what is missing (IMAGE_NOT_FOUND, ...)."""
 
@@ -95,6 +107,10 @@ class ScopeNotFound(NotFound):
     code = "SCOPE_NOT_FOUND"
 
 
+class ImageNotInScope(NotFound):
+    code = "IMAGE_NOT_IN_SCOPE"
+
+
 class ProjectNotFound(NotFound):
     code = "PROJECT_NOT_FOUND"
 
@@ -107,6 +123,10 @@ class Conflict(ApiError):
     """409; the code names the conflict (GENERATION_NOT_FAILED, ...)."""
 
     status, code = 409, "CONFLICT"
+
+
+class ScopeAlreadyExists(Conflict):
+    code = "SCOPE_ALREADY_EXISTS"
 
 
 class PayloadTooLarge(ApiError):
@@ -145,13 +165,17 @@ class InternalError(ApiError):
     status, code = 500, "INTERNAL_ERROR"
 
 
+# Headers of an error the origin answers that the edge passes on to the client.
+PASSED_THROUGH = ("retry-after", "x-ratelimit-limit", "x-ratelimit-remaining", "x-ratelimit-reset")
+
+
 def error_from_envelope(status: int, payload: dict[str, Any], headers: dict[str, str]) -> ApiError:
     """Rebuild an ApiError from an envelope received over HTTP (edge ← origin)."""
     err = payload.get("error") or {}
     exc = ApiError(
         str(err.get("message", "upstream error")),
         details=err.get("details"),
-        headers={k: v for k, v in headers.items() if k.lower() == "retry-after"},
+        headers={k: v for k, v in headers.items() if k.lower() in PASSED_THROUGH},
         code=str(err.get("code", "INTERNAL_ERROR")),
     )
     exc.status = status  # type: ignore[misc]

@@ -13,7 +13,7 @@ ASPECT_RATIOS = ("1:1", "2:3", "3:2", "3:4", "4:3", "4:5", "5:4", "9:16", "16:9"
 TEMPLATES = (
     "general", "photorealistic", "illustration", "minimalist", "sticker", "product", "comic",
 )  # fmt: skip
-SCOPE_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+SCOPE_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}")  # use with fullmatch
 
 _SPACES = re.compile(r"\s+")
 _SEP = "\x1f"  # unit separator: cannot survive prompt normalisation, so fields never blur

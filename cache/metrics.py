@@ -65,7 +65,7 @@ class Metrics:
 
     def read(self, name: str, value: Callable[[], float]) -> None:
         """Read a value at scrape time: `l1_bytes`, `l1_entries`, `l1_evictions`, `l1_hits`,
-        `in_flight` (edge), `origin_in_flight` (origin)."""
+        `disk_*`, `in_flight` (edge), `origin_in_flight` (origin)."""
         self._read[name] = value
 
     def responded(self, family: str, status: int, size: int) -> None:
@@ -120,12 +120,16 @@ class _Collector(Collector):
         yield served
         hits = CounterMetricFamily(
             "banatie_cache_hits",
-            "Answers from a cache tier: l1 (in-process, live and img), index (Redis), manifest.",
+            "Answers from a cache tier: l1 (in-process, live and img), disk (this host's disk"
+            " cache), index (Redis), manifest.",
             labels=["tier"],
         )
         l1_hits = m.value("l1_hits")
         if l1_hits is not None:
             hits.add_metric(["l1"], l1_hits)
+        disk_hits = m.value("disk_hits")
+        if disk_hits is not None:
+            hits.add_metric(["disk"], disk_hits)
         for tier, count in m.hits.items():
             hits.add_metric([tier], count)
         yield hits
@@ -152,6 +156,16 @@ _READ_AT_SCRAPE = (
      "Responses held by the in-process cache."),
     ("l1_evictions", "banatie_l1_evictions", CounterMetricFamily,
      "In-process cache entries evicted to make room."),
+    ("disk_misses", "banatie_disk_cache_misses", CounterMetricFamily,
+     "L1 misses this process did not find in the disk cache either."),
+    ("disk_bytes", "banatie_disk_cache_bytes", GaugeMetricFamily,
+     "Bytes held by this host's disk cache (all its workers)."),
+    ("disk_entries", "banatie_disk_cache_entries", GaugeMetricFamily,
+     "Responses held by this host's disk cache (all its workers)."),
+    ("disk_evictions", "banatie_disk_cache_evictions", CounterMetricFamily,
+     "Disk cache entries this process evicted to keep DISK_CACHE_BYTES."),
+    ("disk_repairs", "banatie_disk_cache_repairs", CounterMetricFamily,
+     "Torn or truncated disk cache files found, removed and not served."),
     ("origin_in_flight", "banatie_origin_generations_in_flight", GaugeMetricFamily,
      "Generations running at the origin."),
     ("fast_path", "banatie_fast_path_responses", CounterMetricFamily,

@@ -37,8 +37,8 @@ CONTENT_TYPES = {
 FORMAT_OF = {v: k for k, v in CONTENT_TYPES.items()}
 
 _SEP = "\x1f"
-_INT = re.compile(r"^[0-9]{1,6}$")
-_NUMBER = re.compile(r"^[0-9]{1,3}(\.[0-9]{1,4})?$")
+_INT = re.compile(r"[0-9]{1,6}")
+_NUMBER = re.compile(r"[0-9]{1,3}(\.[0-9]{1,4})?")
 _BAD_PERCENT = re.compile(rb"%(?![0-9A-Fa-f]{2})")
 
 
@@ -149,14 +149,14 @@ def parse_variant_query(
     quality = default_quality
     if "q" in values:
         raw_q = values["q"]
-        if not _INT.match(raw_q) or not 1 <= int(raw_q) <= 100:
+        if not _INT.fullmatch(raw_q) or not 1 <= int(raw_q) <= 100:
             raise ValidationError("q must be an integer from 1 to 100.", field="q")
         quality = int(raw_q)
 
     dpr = 1.0
     if "dpr" in values:
         raw_dpr = values["dpr"]
-        dpr = float(raw_dpr) if _NUMBER.match(raw_dpr) else math.nan
+        dpr = float(raw_dpr) if _NUMBER.fullmatch(raw_dpr) else math.nan
         if not 1.0 <= dpr <= MAX_DPR:
             raise ValidationError("dpr must be a number from 1 to 3.", field="dpr")
 
@@ -236,7 +236,7 @@ def _dimension(values: dict[str, str], name: str, max_dimension: int) -> int | N
     raw = values.get(name)
     if raw is None:
         return None
-    if not _INT.match(raw) or not 1 <= int(raw) <= max_dimension:
+    if not _INT.fullmatch(raw) or not 1 <= int(raw) <= max_dimension:
         raise ValidationError(
             f"{name} must be an integer from 1 to {max_dimension} (pixels).", field=name
         )

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
+import os
+import secrets
 import signal
 import sys
 
@@ -11,11 +14,27 @@ from cache.logs import configure_logging
 from cache.settings import Settings, SettingsError
 
 
+def _raise_open_file_limit() -> None:
+    """Each client socket is a file: lift the soft RLIMIT_NOFILE (often 1024) to the hard
+    limit, for this process and the workers it starts. MAX_CONNECTIONS stays below it."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard if hard != resource.RLIM_INFINITY else max(soft, 65536)
+    if target <= soft:
+        return
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    except (ValueError, OSError) as exc:  # e.g. macOS refuses more than kern.maxfilesperproc
+        logging.getLogger("banatie").warning("open-file limit stays at %d: %s", soft, exc)
+
+
 def _run(target: str, settings: Settings, host: str | None, port: int | None, workers: int) -> None:
     import uvicorn
 
     from edge.protocol import EdgeHttpTools
 
+    _raise_open_file_limit()
     # uvicorn drains in-flight requests on SIGTERM, then re-raises the signal to whatever
     # handler was there before: make that a clean exit, so orchestrators see status 0.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
@@ -174,6 +193,10 @@ def main(argv: list[str] | None = None) -> int:
             "origin": "edge.server:origin_app",
             "edge": "edge.server:edge_app",
         }[args.command]
+        if args.command != "edge" and not settings.bootstrap_token:
+            # One token per start, shared through the environment with every worker process;
+            # the server prints it while no key exists (POST /api/bootstrap/initial-key).
+            os.environ["BOOTSTRAP_TOKEN"] = secrets.token_urlsafe(24)
         _run(target, settings, args.host, args.port, args.workers)
     elif args.command == "migrate":
         asyncio.run(_migrate(settings))

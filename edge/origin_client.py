@@ -27,7 +27,7 @@ internal routes answer with these exact JSON shapes (dataclass field names, snak
               "rateHeaders": {"X-RateLimit-Limit": "...", ...},
               "modelMs": float | null}   (a generation's wait on the model; may be absent)
          4xx/5xx error envelope {"success": false, "error": {"code", "message", "details"?}}
-              (Retry-After passed through)
+              (Retry-After and X-RateLimit-* passed through)
 
     GET  /internal/images/{project_id}/{image id or @alias}
          200 {"image_id": ..., "generation_id": ..., "object_key": ..., "content_type": ...,

@@ -1,4 +1,4 @@
-"""The HTTP protocol the server runs: uvicorn's httptools one, with two changes.
+"""The HTTP protocol the server runs: uvicorn's httptools one, with three changes.
 
 - A request it cannot parse (a URL over 64 KB, a malformed request) gets our JSON error
   envelope instead of uvicorn's plain-text 400.
@@ -8,10 +8,17 @@
   alternating runs). No ASGI scope, task, event or send coroutine is made for it; that
   machinery cost more than the rest of a hit (see docs/benchmarks.md). Everything else,
   and any hit `fast_hit` declines, takes uvicorn's ordinary path.
+- Slow and silent clients cannot hold the process: a connection waiting for a request head
+  longer than HEADER_TIMEOUT_S is closed (uvicorn arms no timer before the first request, and
+  any byte cancels its keep-alive one), and beyond MAX_CONNECTIONS open connections the ones
+  that have waited longest for a head are closed first, so a flood of idle sockets cannot
+  spend the file descriptors every other client needs.
 """
 
 from __future__ import annotations
 
+import asyncio
+import resource
 from collections.abc import Callable
 from http import HTTPStatus
 from typing import Any
@@ -19,18 +26,21 @@ from typing import Any
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from cache.errors import ValidationError
+from cache.settings import Settings
 
 Headers = list[tuple[bytes, bytes]]
 # (method, request target, headers) → (status, header lines "name: value\r\n"..., body)
 FastHit = Callable[[bytes, bytes, Headers], "tuple[int, bytes, bytes] | None"]
 
 _STATUS_LINES = {int(s): b"HTTP/1.1 %d %s\r\n" % (int(s), s.phrase.encode()) for s in HTTPStatus}
+# Descriptors kept for everything but client sockets: database, redis and S3 pools, files.
+FD_RESERVE = 256
 
 
-def fast_path_of(app: Any) -> FastHit | None:
-    """The `fast_hit` of the app behind any wrappers (uvicorn middleware, the lazy builder)."""
+def _found(app: Any, name: str) -> Any:
+    """Attribute `name` of the app behind any wrappers (uvicorn middleware, the lazy builder)."""
     for _ in range(8):
-        found = getattr(app, "fast_hit", None)
+        found = getattr(app, name, None)
         if found is not None:
             return found
         inner = getattr(app, "app", None)
@@ -40,21 +50,121 @@ def fast_path_of(app: Any) -> FastHit | None:
     return None
 
 
+def fast_path_of(app: Any) -> FastHit | None:
+    """The `fast_hit` of the app behind any wrappers (uvicorn middleware, the lazy builder)."""
+    return _found(app, "fast_hit")
+
+
+class ConnectionGuard:
+    """One per server process: the request-head timeout and the cap on open connections.
+
+    No timer per connection (the fast path would pay for one on every hit): connections
+    waiting for a head sit in arrival order with the time they began waiting, and one timer,
+    set for the longest waiter, closes those past HEADER_TIMEOUT_S."""
+
+    def __init__(self, header_timeout_s: float, max_connections: int) -> None:
+        self.header_timeout_s = header_timeout_s
+        self.max_connections = max_connections
+        self.open: set[EdgeHttpTools] = set()
+        self.waiting: dict[EdgeHttpTools, float] = {}  # → loop time the wait began; oldest first
+        self._sweep: asyncio.TimerHandle | None = None
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> ConnectionGuard:
+        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+        room = soft - FD_RESERVE if soft > 2 * FD_RESERVE else soft // 2
+        cap = settings.max_connections if settings.max_connections > 0 else room
+        return cls(settings.header_timeout_s, max(1, min(cap, room)))
+
+    def admit(self, conn: EdgeHttpTools) -> None:
+        """Count a new connection (already waiting); over the cap, close the connections that
+        have waited longest for a request head. Busy ones are never closed."""
+        self.open.add(conn)
+        while len(self.open) > self.max_connections and self.waiting:
+            oldest = next(iter(self.waiting))  # `conn` itself when no other one is idle
+            self.forget(oldest)
+            oldest.transport.close()
+
+    def wait(self, conn: EdgeHttpTools) -> None:
+        """`conn` waits for a request head from now: it has HEADER_TIMEOUT_S to arrive,
+        however it trickles in (data does not restart the clock)."""
+        self.waiting.pop(conn, None)
+        self.waiting[conn] = conn.loop.time()
+        if self._sweep is None and self.header_timeout_s > 0:
+            self._sweep = conn.loop.call_later(self.header_timeout_s, self._close_late, conn.loop)
+
+    def busy(self, conn: EdgeHttpTools) -> None:
+        self.waiting.pop(conn, None)
+
+    def forget(self, conn: EdgeHttpTools) -> None:
+        self.open.discard(conn)
+        self.waiting.pop(conn, None)
+
+    def _close_late(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._sweep = None
+        cutoff = loop.time() - self.header_timeout_s
+        late = []
+        for conn, since in self.waiting.items():
+            if since > cutoff:
+                break
+            late.append(conn)
+        for conn in late:
+            self.forget(conn)
+            conn.transport.close()
+        if self.waiting:
+            since = next(iter(self.waiting.values()))
+            self._sweep = loop.call_later(max(since - cutoff, 0.01), self._close_late, loop)
+
+
+def guard_of(server_state: Any, app: Any) -> ConnectionGuard:
+    """The process's guard, made on its first connection from the app's settings."""
+    guard = getattr(server_state, "banatie_guard", None)
+    if guard is None:
+        guard = ConnectionGuard.from_settings(_found(app, "settings") or Settings())
+        server_state.banatie_guard = guard
+    return guard
+
+
 class EdgeHttpTools(HttpToolsProtocol):
-    """httptools with the envelope for unreadable requests and the L1 fast path."""
+    """httptools with the envelope for unreadable requests, the L1 fast path and the guard
+    against slow and silent clients."""
 
     _fast_done = False  # the current request was answered by the fast path
     _fast: FastHit | None = None  # the app's, once found
     _defaults: tuple[object, bytes] = (None, b"")  # server_state.default_headers, as lines
+    _guard: ConnectionGuard
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._guard = guard_of(self.server_state, self.app)
+        self._guard.wait(self)
+        self._guard.admit(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._guard.forget(self)
+        super().connection_lost(exc)
+
+    def handle_websocket_upgrade(self) -> None:
+        self._guard.forget(self)  # another protocol owns the socket from here
+        super().handle_websocket_upgrade()
 
     def on_message_begin(self) -> None:
         self._fast_done = False
         super().on_message_begin()
 
     def on_headers_complete(self) -> None:
+        self._guard.busy(self)
         if self._answer_fast():
+            if not self.transport.is_closing():
+                self._guard.wait(self)
             return
         super().on_headers_complete()
+
+    def on_response_complete(self) -> None:
+        idle = not self.pipeline  # else the next request, already read, starts now
+        super().on_response_complete()
+        if idle and not self.transport.is_closing():
+            self._guard.wait(self)
 
     def on_body(self, body: bytes) -> None:
         if not self._fast_done:

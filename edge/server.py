@@ -14,9 +14,10 @@ from cache.metrics import MetricsEndpoint
 from cache.objects import open_store
 from cache.settings import Settings
 from edge.app import create_edge
+from edge.disk_cache import open_disk_cache
 from origin.app import create_origin
 from origin.edge_api import InProcessOrigin
-from origin.keys import any_project_exists, create_key
+from origin.keys import any_key_exists, any_project_exists, create_key
 from origin.services import Services, open_services
 
 log = logging.getLogger("banatie")
@@ -54,6 +55,11 @@ class Lazy:
         await self._app(scope, receive, send)
 
     @property
+    def settings(self) -> Settings:
+        """What the server protocol reads its limits from (edge.protocol)."""
+        return self._settings
+
+    @property
     def fast_hit(self):  # type: ignore[no-untyped-def]
         """The built app's L1 fast path (edge.protocol), if it has one."""
         return getattr(self._app, "fast_hit", None)
@@ -69,8 +75,12 @@ async def build_one_process(settings: Settings):  # type: ignore[no-untyped-def]
     if settings.storage_backend == "local":
         await services.store.check()
     await _bootstrap_default_project(services)
+    await _announce_bootstrap(services)
     services.start_chores()
     origin = create_origin(settings, services)
+    # On a local object store the disk tier would keep a second copy on the same disk, for
+    # little gain (docs/benchmarks.md, long tail); DISK_CACHE_BYTES turns it on anyway.
+    disk = open_disk_cache(settings, default_on=settings.storage_backend == "s3")
     edge = create_edge(
         settings,
         InProcessOrigin(services),
@@ -79,7 +89,9 @@ async def build_one_process(settings: Settings):  # type: ignore[no-untyped-def]
         services.bus,
         origin,
         metrics=services.metrics,
+        disk=disk,
     )
+    await edge.start_disk()
     await _start_bus(services.bus)
     log.info(
         "banatie serving on %s (generator %s, storage %s, index %s)",
@@ -88,11 +100,18 @@ async def build_one_process(settings: Settings):  # type: ignore[no-untyped-def]
         settings.storage_backend,
         "redis" if settings.redis_url else "in-process",
     )
-    return edge, services.close
+
+    async def close() -> None:
+        if disk is not None:
+            await disk.close()
+        await services.close()
+
+    return edge, close
 
 
 async def build_origin(settings: Settings):  # type: ignore[no-untyped-def]
     services = await open_services(settings)
+    await _announce_bootstrap(services)
     services.start_chores()
     if not settings.service_token:
         log.warning("SERVICE_TOKEN is not set: edge processes cannot reach this origin")
@@ -115,10 +134,14 @@ async def build_edge(settings: Settings):  # type: ignore[no-untyped-def]
         log.warning("REDIS_URL is not set: deletes made at the origin won't reach this edge")
     origin = HttpOrigin(settings)
     await origin.start()
-    edge = create_edge(settings, origin, store, index, bus, None)
+    disk = open_disk_cache(settings, default_on=True)
+    edge = create_edge(settings, origin, store, index, bus, None, disk=disk)
+    await edge.start_disk()
     await _start_bus(bus)
 
     async def close() -> None:
+        if disk is not None:
+            await disk.close()
         for closer in (origin.close, bus.close, index.close, store.close):
             await closer()
 
@@ -141,6 +164,23 @@ async def _bootstrap_default_project(services: Services) -> None:
         "  Paste this into a browser for a live image:\n"
         f"    {url}/cdn/default/default/live/demo?prompt=a%20lighthouse%20at%20dawn"
         "&aspectRatio=16:9\n",
+        file=sys.stderr,
+        flush=True,
+    )
+
+
+async def _announce_bootstrap(services: Services) -> None:
+    """No key at all yet: say how to make the first master key (the route closes after)."""
+    async with services.sessions() as session:
+        if await any_key_exists(session):
+            return
+    url = services.settings.public_url
+    token = services.settings.bootstrap_token
+    header = f" -H 'X-Bootstrap-Token: {token}'" if token else ""
+    print(
+        "\n  banatie: no API key exists yet. Create the first master key (once) with\n"
+        f"    curl -X POST {url}/api/bootstrap/initial-key{header}\n"
+        "  or run `banatie keys create --master` on this machine.\n",
         file=sys.stderr,
         flush=True,
     )

@@ -7,7 +7,9 @@ beside the bytes, so any edge, after any restart or Redis loss, finds it instead
 again. A miss is coalesced like a generation (one transform per key, across processes when
 the index has locks) and encoded on the bounded pool of edge/transform.py.
 
-The edge's L1 sits in front of all this, keyed by the request (see `Want.l1_key`).
+The edge's L1 sits in front of all this, keyed by the request (see `Want.l1_key`). One source
+gets at most MAX_VARIANTS_PER_IMAGE variants (`VariantTally`): every new one costs an encode
+and is stored forever, and the query can name millions (w x h x fit x format x q).
 """
 
 from __future__ import annotations
@@ -19,7 +21,9 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from cache.coalesce import Coalescer, Locks
+from cache.errors import VariantLimitReached
 from cache.index import Index, LiveRecord
+from cache.index.redis import RedisIndex
 from cache.lru import Headers
 from cache.objects import ObjectNotFound, ObjectStore
 from cache.settings import Settings
@@ -33,7 +37,7 @@ from cache.variants import (
     variant_object_key,
     want,
 )
-from edge.transform import TransformPool, avif_supported, render
+from edge.transform import Limits, TransformPool, avif_supported, render
 
 log = logging.getLogger("banatie.edge.variants")
 
@@ -56,6 +60,9 @@ class VariantCache:
         self.parse = VariantParser(
             settings.max_variant_dimension, settings.variant_quality, self.avif
         )
+        self.limits = Limits(settings.max_variant_dimension, settings.max_variant_pixels)
+        self.max_per_image = settings.max_variants_per_image
+        self.tally = VariantTally(index)
         workers = settings.variant_workers or _cores()
         self.pool = TransformPool(workers, settings.variant_queue)
         self.coalescer: Coalescer[Variant] = Coalescer(
@@ -67,6 +74,7 @@ class VariantCache:
             locks=index if isinstance(index, Locks) else None,
             lease_ms=settings.lock_lease_ms,
             retry_after_s=1,
+            busy="Too many image variants are being encoded right now; try again shortly.",
         )
 
     def want(self, spec: VariantSpec, headers: list[tuple[bytes, bytes]]) -> Want:
@@ -94,10 +102,19 @@ class VariantCache:
         if found is not None:
             return found
         fmt = wanted.output_format(source.content_type)
+        tally = project_id + ":" + source.etag.strip('"')  # what its variants derive from
 
         async def make() -> Variant:
+            made = await self.tally.count(tally)
+            if made >= self.max_per_image:
+                raise VariantLimitReached(
+                    f"This image already has {made} variants, the most one image may have; "
+                    "ask for one of the sizes and formats already made.",
+                )
             data = await source_bytes()
-            body, etag = await self.pool.run(_render_tagged, data, wanted.spec, fmt, source)
+            body, etag = await self.pool.run(
+                _render_tagged, data, wanted.spec, fmt, source, self.limits
+            )
             record = LiveRecord(
                 image_id=source.image_id,
                 generation_id=None,
@@ -108,6 +125,7 @@ class VariantCache:
                 canonical=canonical,
             )
             await self._keep(org, project, digest, record, body)
+            await self.tally.add(tally)
             return Variant(record, body, True)
 
         async def made_elsewhere() -> Variant | None:
@@ -172,11 +190,42 @@ class VariantCache:
             pass
 
 
+class VariantTally:
+    """How many variants each source has had encoded (MAX_VARIANTS_PER_IMAGE): in Redis when
+    the index is there (one count for every edge, kept across restarts), else, and while Redis
+    is down, in this process. Counted after a variant is stored, so refusals cost nothing and
+    a burst of new variants may pass the bound by the jobs in flight."""
+
+    def __init__(self, index: Index) -> None:
+        self._redis = index if isinstance(index, RedisIndex) else None
+        self._local: dict[str, int] = {}
+
+    async def count(self, name: str) -> int:
+        if self._redis is not None and self._redis.healthy:
+            try:
+                return int(await self._redis.client.get(_tally_key(name)) or 0)
+            except Exception:  # Redis errors, or a cluster client failing mid-reinitialise
+                pass
+        return self._local.get(name, 0)
+
+    async def add(self, name: str) -> None:
+        self._local[name] = self._local.get(name, 0) + 1
+        if self._redis is not None and self._redis.healthy:
+            try:
+                await self._redis.client.incr(_tally_key(name))
+            except Exception:  # as above: the count is a bound, never a failed request
+                pass
+
+
+def _tally_key(name: str) -> str:
+    return f"variants:{{{name}}}"
+
+
 def _render_tagged(
-    data: bytes, spec: VariantSpec, fmt: str, source: LiveRecord
+    data: bytes, spec: VariantSpec, fmt: str, source: LiveRecord, limits: Limits
 ) -> tuple[bytes, str]:
     """On a worker thread: the variant's bytes and their strong ETag."""
-    body = render(data, spec, fmt, source.focal_point)
+    body = render(data, spec, fmt, source.focal_point, limits)
     return body, f'"{hashlib.sha256(body).hexdigest()}"'
 
 

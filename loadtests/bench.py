@@ -3,6 +3,7 @@
     python -m loadtests.bench                       # full run, updates docs/benchmarks.md
     python -m loadtests.bench --duration 3 --quick  # a smoke run, docs untouched
     python -m loadtests.bench --only variants       # image variants only (loadtests/variants_bench)
+    python -m loadtests.bench --only longtail       # the long tail: disk tier vs nginx (longtail)
 
 Every server it needs (nginx, redis-server, the fake Gemini, `banatie serve|origin|edge`) is
 started here on free loopback ports, in its own process group, and stopped at the end, also
@@ -34,7 +35,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from loadtests import client, report, wrk
+from loadtests import client, longtail, report, wrk
 from loadtests.client import Connection, open_many
 from loadtests.processes import (
     PROJECT_ROOT,
@@ -91,6 +92,7 @@ class Results:
     miss: list[dict[str, Any]] = field(default_factory=list)
     memory: list[dict[str, Any]] = field(default_factory=list)
     variants: dict[str, Any] = field(default_factory=dict)
+    longtail: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
 
 
@@ -723,7 +725,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="wrk threads (1: one core for wrk, one for the server)",
     )
     parser.add_argument("--sizes", default="50,300", help="image sizes in KB (50,300)")
-    parser.add_argument("--only", default="hits,miss,herd,memory,variants", help="sections to run")
+    parser.add_argument(
+        "--only", default="hits,miss,herd,memory,variants,longtail", help="sections to run"
+    )
     parser.add_argument("--herd-clients", type=int, default=500)
     parser.add_argument("--herd-delay", type=float, default=2.0, help="model latency, seconds")
     parser.add_argument("--herd-sizes", default="1,50", help="herd image sizes in KB (1,50)")
@@ -734,6 +738,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--variant-samples", type=int, default=30, help="cold variants per format (30)"
     )
+    parser.add_argument("--longtail-images", type=int, default=600, help="catalogue size (600)")
+    parser.add_argument("--longtail-kb", type=int, default=100, help="image size, KB (100)")
+    parser.add_argument("--longtail-l1-mb", type=int, default=16, help="the edge's L1, MB (16)")
     parser.add_argument("--no-profile", dest="profile", action="store_false")
     parser.add_argument("--profile-seconds", type=float, default=10.0)
     parser.add_argument("--quick", action="store_true", help="short everything; docs untouched")
@@ -750,6 +757,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.miss_samples = min(args.miss_samples, 20)
         args.memory_keys = min(args.memory_keys, 1000)
         args.variant_samples = min(args.variant_samples, 10)
+        args.longtail_images = min(args.longtail_images, 200)
         args.profile_seconds = min(args.profile_seconds, 3.0)
         args.docs = False
     return args
@@ -790,6 +798,8 @@ def main(argv: list[str] | None = None) -> int:
             split(args, processes, stub_url, results)
         if "variants" in args.only:
             variants(args, processes, results)
+        if "longtail" in args.only:
+            results.longtail = longtail.measure(processes, stub_url, args, banatie_env)
     except BaseException as e:
         failed = True
         say(f"FAILED: {type(e).__name__}: {e}")
@@ -828,6 +838,23 @@ def _finish(args: argparse.Namespace, results: Results, workdir: Path, failed: b
                 "## Image variants",
             )
             say(f"wrote the variants section of {docs / 'benchmarks.md'}")
+    if results.longtail:
+        longtail_text = longtail.markdown(
+            results.longtail,
+            results.started,
+            results.command,
+            (results.load_before, results.load_after),
+        )
+        print("\n" + longtail_text)
+        if args.docs and not failed:
+            report.update_docs(
+                docs / "benchmarks.md",
+                longtail_text,
+                longtail.DOCS_START,
+                longtail.DOCS_END,
+                "## Long tail: the disk tier",
+            )
+            say(f"wrote the long-tail section of {docs / 'benchmarks.md'}")
     if args.keep or failed:
         say(f"logs and results kept in {workdir}")
     else:

@@ -32,7 +32,7 @@ _BANATIE_ENV = (
     "L1_BYTES", "L1_MAX_ENTRY_BYTES", "MAX_CONCURRENT_GENERATIONS", "LOCK_LEASE_MS",
     "KEY_CACHE_TTL_S", "FAILURE_TTL_S", "LOG_LEVEL", "LOG_FORMAT", "MAX_BODY_BYTES",
     "MAX_IMAGE_PIXELS", "MAX_META_BYTES", "MAX_UPLOAD_BYTES", "MAX_VARIANT_DIMENSION",
-    "VARIANT_QUALITY", "VARIANT_QUEUE", "VARIANT_WORKERS",
+    "VARIANT_QUALITY", "VARIANT_QUEUE", "VARIANT_WORKERS", "DISK_CACHE_DIR", "DISK_CACHE_BYTES",
 )  # fmt: skip
 
 
@@ -270,16 +270,21 @@ def start_bare(processes: Processes, folder: Path) -> tuple[Process, str]:
     return process, url
 
 
-def banatie_command(command: str, port: int) -> list[str]:
-    return [sys.executable, "-m", "edge.cli", command, "--port", str(port), "--workers", "1"]
+def banatie_command(command: str, port: int, workers: int = 1) -> list[str]:
+    return [sys.executable, "-m", "edge.cli", command, "--port", str(port), f"--workers={workers}"]
 
 
 def start_banatie(
-    processes: Processes, name: str, command: str, env: dict[str, str], port: int | None = None
+    processes: Processes,
+    name: str,
+    command: str,
+    env: dict[str, str],
+    port: int | None = None,
+    workers: int = 1,
 ) -> tuple[Process, str]:
-    """`banatie serve|origin|edge` with one worker; returns it and its base URL."""
+    """`banatie serve|origin|edge` (one worker by default); returns it and its base URL."""
     port = port or free_port()
-    process = processes.start(name, banatie_command(command, port), env)
+    process = processes.start(name, banatie_command(command, port, workers), env)
     url = f"http://127.0.0.1:{port}"
     process.wait_until(answers_http(url + "/health" if command != "edge" else url + "/"))
     return process, url
@@ -310,7 +315,7 @@ events {{ worker_connections 4096; }}
 http {{
     access_log off;
     sendfile on;
-    tcp_nopush on;
+    tcp_nopush {tcp_nopush};
     tcp_nodelay on;
     keepalive_timeout 75s;
     keepalive_requests 1000000;
@@ -352,11 +357,13 @@ http {{
 
 
 def start_nginx(
-    processes: Processes, static: dict[str, bytes], upstream_port: int
+    processes: Processes, static: dict[str, bytes], upstream_port: int, tcp_nopush: bool = True
 ) -> tuple[Process, str, str]:
     """nginx (one worker): static files and a proxy_cache in front of `upstream_port`.
 
-    Returns the process and the base URLs of the static and proxy servers.
+    Returns the process and the base URLs of the static and proxy servers. (`tcp_nopush on`
+    stalls proxy_cache about 40 ms a response on many distinct keys: the long tail turns it
+    off.)
     """
     binary = need("nginx", "nginx")
     folder = processes.workdir / "nginx"
@@ -373,6 +380,7 @@ def start_nginx(
             static_port=static_port,
             proxy_port=proxy_port,
             upstream_port=upstream_port,
+            tcp_nopush="on" if tcp_nopush else "off",
         )
     )
     process = processes.start(
@@ -398,3 +406,15 @@ def nginx_worker(process: Process) -> int:
                 continue
         time.sleep(0.05)
     raise StartError("nginx has no worker process")
+
+
+def start_moto(processes: Processes) -> tuple[Process, str]:
+    """moto's S3 server (an S3-protocol server of its own process); its log lists every
+    request it answered, which is how object-store reads are counted."""
+    port = free_port()
+    env = clean_env(AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench")
+    command = [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)]
+    process = processes.start(f"moto-{port}", command, env)
+    url = f"http://127.0.0.1:{port}"
+    process.wait_until(answers_http(url + "/moto-api/"))
+    return process, url

@@ -35,8 +35,9 @@ from typing import Any
 import httpx
 from PIL import Image, ImageDraw, ImageFilter
 
+from cache.settings import Settings
 from cache.variants import VariantSpec
-from edge.transform import avif_supported, render
+from edge.transform import Limits, avif_supported, render
 from loadtests.processes import Processes, clean_env, run_banatie, start_banatie
 
 ORG = PROJECT = "default"
@@ -89,8 +90,11 @@ Timing = tuple[list[float], list[float]]  # wall ms, CPU ms (every thread of thi
 def engines(source: bytes) -> dict[str, Callable[[str], bytes]]:
     """The edge's transform (Pillow), and libvips doing the same when pyvips is installed."""
 
+    defaults = Settings()
+    limits = Limits(defaults.max_variant_dimension, defaults.max_variant_pixels)
+
     def pillow(fmt: str) -> bytes:
-        return render(source, VariantSpec(400, None, "cover", fmt, 80), fmt, None)
+        return render(source, VariantSpec(400, None, "cover", fmt, 80), fmt, None, limits)
 
     found: dict[str, Callable[[str], bytes]] = {"Pillow": pillow}
     try:

@@ -66,14 +66,17 @@ def run(
     connections: int,
     threads: int,
     server_pid: int | None = None,
+    script: str | None = None,
 ) -> WrkResult:
-    """One wrk run; `server_pid` (the process doing the serving) gets its CPU time measured."""
+    """One wrk run; `server_pid` (the process doing the serving) gets its CPU time measured;
+    `script`, a wrk Lua script (e.g. the request order of loadtests/longtail.py)."""
     command = [
         need("wrk", "wrk"),
         f"-t{threads}",
         f"-c{connections}",
         f"-d{max(1, round(duration_s))}s",
         "--latency",
+        *(["-s", script] if script else []),
         url,
     ]
     before = cpu_seconds(server_pid) if server_pid else 0.0

@@ -12,14 +12,14 @@ from cache.errors import AliasNotFound, ValidationError
 from origin.envelope import is_uuid
 from origin.models import Flow, Image, utcnow
 
-ALIAS_PATTERN = re.compile(r"^@[A-Za-z0-9_-]{1,49}$")
+ALIAS_PATTERN = re.compile(r"@[A-Za-z0-9_-]{1,49}")  # use with fullmatch
 TECHNICAL = frozenset({"@last", "@first", "@upload"})
 PROMPT_ALIAS = re.compile(r"(?:^|(?<=\s))(@[A-Za-z0-9_-]{1,49})(?![A-Za-z0-9_-])")
 
 
 def check_alias(value: object, field: str = "alias") -> str:
     """A valid, assignable alias; bad format or a reserved name → 400."""
-    if not isinstance(value, str) or not ALIAS_PATTERN.match(value):
+    if not isinstance(value, str) or not ALIAS_PATTERN.fullmatch(value):
         raise ValidationError(f"{field} must match @[A-Za-z0-9_-]{{1,49}}.", field=field)
     if value in TECHNICAL:
         raise ValidationError(f"{value} is a reserved alias and cannot be assigned.", field=field)
@@ -90,7 +90,7 @@ async def find_image(
         if image is None:
             raise ImageNotFound("Image not found.")
         return image
-    if not ALIAS_PATTERN.match(id_or_alias):
+    if not ALIAS_PATTERN.fullmatch(id_or_alias):
         raise ImageNotFound("Image not found.")
     resolved = await resolve_alias(session, project_id, id_or_alias, flow_id)
     if resolved is None:
@@ -98,8 +98,13 @@ async def find_image(
     return resolved.image
 
 
-async def assign_project_alias(session: AsyncSession, image: Image, alias: str | None) -> None:
-    """Give `image` the project alias, moving it from any image holding it; None clears."""
+async def assign_project_alias(
+    session: AsyncSession, image: Image, alias: str | None
+) -> tuple[str, ...]:
+    """Give `image` the project alias, moving it from any image holding it; None clears.
+    The aliases that now name another image (or none): tell the edges after the commit."""
+    same = image.alias == alias
+    changed = () if same else tuple(a for a in (image.alias, alias) if a is not None)
     if alias is not None:
         check_alias(alias)
         await session.execute(
@@ -111,6 +116,7 @@ async def assign_project_alias(session: AsyncSession, image: Image, alias: str |
     image.alias = alias
     image.updated_at = utcnow()
     await session.flush()
+    return changed
 
 
 async def set_flow_alias(session: AsyncSession, flow: Flow, alias: str, image_id: str) -> None:

@@ -19,6 +19,7 @@ from cache.errors import ApiError, InternalError, NotFound, ValidationError
 from cache.logs import request_id as request_id_var
 from cache.settings import Settings
 from origin import edge_api
+from origin.body_limit import BodyLimit
 from origin.envelope import JSONResponse, ok
 from origin.openapi import DOCS_HTML, openapi_document
 from origin.routes import flows, generations, images, keys, live_scopes, live_signing
@@ -90,6 +91,21 @@ class RequestId:
             await send(message)
 
         await self.app(scope, receive, send_with_id)
+
+
+class RejectNul:
+    """A NUL in the path or query is a 400 here, for every route: PostgreSQL can neither
+    store nor compare text holding one (bodies are checked where JSON is parsed)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and ("\x00" in scope["path"] or b"%00" in scope["query_string"]):
+            error = ValidationError("The URL contains a NUL character.", field="url")
+            await error_response(error)(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
 
 
 async def health(request: Request) -> Response:
@@ -173,5 +189,7 @@ def create_origin(settings: Settings, services: Services | None = None) -> Starl
     if services is not None:
         app.state.services = services
         app.state.edge_origin = edge_api.InProcessOrigin(services)
-    app.add_middleware(RequestId)
+    app.add_middleware(RejectNul)
+    app.add_middleware(BodyLimit, settings=settings)
+    app.add_middleware(RequestId)  # outermost: error answers carry the id too
     return app

@@ -5,7 +5,7 @@ from __future__ import annotations
 from starlette.requests import Request
 
 from cache.budget import BudgetState
-from cache.errors import RateLimitExceeded
+from origin.budgets import spend_key_budget
 from origin.images import ProjectCtx
 from origin.keys import Principal, authenticate, require_master, require_project
 from origin.services import Services
@@ -32,17 +32,7 @@ async def master_of(request: Request) -> Principal:
     return require_master(await principal_of(request))
 
 
-async def spend_generation_budget(request: Request) -> BudgetState:
-    """One unit of the key's hourly budget for a route that starts a generation."""
-    services = services_of(request)
+async def spend_generation_budget(request: Request, cost: int = 1) -> BudgetState:
+    """`cost` units (one per generation it starts) of the calling key's budget."""
     principal: Principal = request.state.principal
-    state = await services.budget.take(
-        f"key:{principal.key_id}", services.settings.key_budget_per_hour
-    )
-    if not state.allowed:
-        raise RateLimitExceeded(
-            "The hourly generation budget of this key is spent.",
-            retry_after=state.retry_after,
-            headers=state.headers(),
-        )
-    return state
+    return await spend_key_budget(services_of(request), principal.key_id, cost)

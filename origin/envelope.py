@@ -16,7 +16,8 @@ from starlette.routing import Route
 from cache.errors import PayloadTooLarge, ValidationError
 
 MAX_OFFSET = 2**62  # past any real table; keeps the value inside a BIGINT
-UUID_PATTERN = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+MAX_JSON_DEPTH = 32  # objects and arrays; far past any body the API defines
+UUID_PATTERN = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 
 class JSONResponse(Response):
@@ -98,17 +99,51 @@ async def read_json(request: Request, max_bytes: int, required: bool = True) -> 
         if required:
             raise ValidationError("A JSON object body is required.", field="body")
         return {}
-    try:
-        value = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
-        raise ValidationError("The body is not valid JSON.", field="body") from None
+    value = parse_json(body, "body")
     if not isinstance(value, dict):
         raise ValidationError("The body must be a JSON object.", field="body")
     return value
 
 
+def parse_json(text: bytes | str, field: str) -> Any:
+    """JSON a client sent: 400 when malformed, nested deeper than MAX_JSON_DEPTH, or holding
+    a NUL anywhere (PostgreSQL cannot store one in text or JSONB)."""
+    try:
+        value = json.loads(text)
+    except (ValueError, UnicodeDecodeError):
+        raise ValidationError(f"{field} is not valid JSON.", field=field) from None
+    except RecursionError:  # the decoder recurses per level: 2 KB of brackets exhaust the stack
+        raise _too_deep(field) from None
+    _check_json(value, field)
+    return value
+
+
+def _too_deep(field: str) -> ValidationError:
+    return ValidationError(f"{field} is nested deeper than {MAX_JSON_DEPTH} levels.", field=field)
+
+
+def _check_json(value: Any, field: str) -> None:
+    # Iterative, so checking a deep value cannot itself overflow the stack.
+    pending: list[tuple[Any, int]] = [(value, 1)]
+    while pending:
+        item, depth = pending.pop()
+        if isinstance(item, str):
+            if "\x00" in item:
+                raise ValidationError(f"{field} contains a NUL character.", field=field)
+            continue
+        if not isinstance(item, dict | list):
+            continue
+        if depth > MAX_JSON_DEPTH:
+            raise _too_deep(field)
+        if isinstance(item, dict):
+            pending.extend((key, depth) for key in item)
+            pending.extend((child, depth + 1) for child in item.values())
+        else:
+            pending.extend((child, depth + 1) for child in item)
+
+
 def is_uuid(value: object) -> bool:
-    return isinstance(value, str) and bool(UUID_PATTERN.match(value.lower()))
+    return isinstance(value, str) and bool(UUID_PATTERN.fullmatch(value.lower()))
 
 
 def path_uuid(value: str, not_found: type[Exception], what: str) -> str:

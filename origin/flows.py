@@ -8,7 +8,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from cache.errors import FlowNotFound
+from cache.errors import FlowHasNoGenerations, FlowNotFound
 from origin.envelope import is_uuid, iso
 from origin.models import Flow, Generation, Image, utcnow
 
@@ -84,6 +84,25 @@ async def flow_json(session: AsyncSession, flow: Flow) -> dict[str, Any]:
         "createdAt": iso(flow.created_at),
         "updatedAt": iso(flow.updated_at),
     }
+
+
+async def newest_generation(session: AsyncSession, flow: Flow) -> Generation:
+    """The flow's most recent generation (not deleted); 400 when it has none."""
+    generation = (
+        await session.execute(
+            select(Generation)
+            .where(
+                Generation.project_id == flow.project_id,
+                Generation.flow_id == flow.id,
+                Generation.deleted_at.is_(None),
+            )
+            .order_by(Generation.created_at.desc(), Generation.id.desc())
+            .limit(1)
+        )
+    ).scalar_one_or_none()
+    if generation is None:
+        raise FlowHasNoGenerations("This flow has no generation to regenerate.")
+    return generation
 
 
 async def delete_flow(session: AsyncSession, flow: Flow) -> None:

@@ -19,10 +19,10 @@ from cache.index import LiveRecord
 from cache.objects import ObjectNotFound, ObjectStore
 from origin.models import Image, LiveEntry, Organization, Project
 
-IMAGE_KEY = re.compile(r"^[^/]+/[^/]+/img/[^/]+$")
-MANIFEST_KEY = re.compile(r"^([^/]+)/([^/]+)/live/([0-9a-f]{32})\.json$")
-VARIANT_KEY = re.compile(r"^[^/]+/[^/]+/var/[0-9a-f]{32}$")
-VARIANT_MANIFEST_KEY = re.compile(r"^[^/]+/[^/]+/var/[0-9a-f]{32}\.json$")
+IMAGE_KEY = re.compile(r"[^/]+/[^/]+/img/[^/]+")
+MANIFEST_KEY = re.compile(r"([^/]+)/([^/]+)/live/([0-9a-f]{32})\.json")
+VARIANT_KEY = re.compile(r"[^/]+/[^/]+/var/[0-9a-f]{32}")
+VARIANT_MANIFEST_KEY = re.compile(r"[^/]+/[^/]+/var/[0-9a-f]{32}\.json")
 
 
 @dataclass
@@ -80,13 +80,13 @@ async def sweep(
     keys = [key async for key in store.keys()]
     variant_bytes = await _variant_bytes_kept(store, refs, keys)
     for key in keys:
-        if IMAGE_KEY.match(key):
+        if IMAGE_KEY.fullmatch(key):
             referenced = key in refs.images
-        elif MANIFEST_KEY.match(key):
+        elif MANIFEST_KEY.fullmatch(key):
             referenced = key in refs.manifests
-        elif VARIANT_MANIFEST_KEY.match(key):
+        elif VARIANT_MANIFEST_KEY.fullmatch(key):
             referenced = key.removesuffix(".json") in variant_bytes
-        elif VARIANT_KEY.match(key):
+        elif VARIANT_KEY.fullmatch(key):
             referenced = key in variant_bytes
         else:
             referenced = True  # not ours to judge
@@ -105,7 +105,7 @@ async def sweep(
             continue
         if key.removesuffix(".json") in variant_bytes:
             continue
-        if VARIANT_KEY.match(key) and await refs.variant_kept(store, key + ".json"):
+        if VARIANT_KEY.fullmatch(key) and await refs.variant_kept(store, key + ".json"):
             continue  # its manifest arrived during the grace period
         await store.delete(key)
         result.removed.append(key)
@@ -117,7 +117,7 @@ async def _variant_bytes_kept(store: ObjectStore, refs: _Referenced, keys: list[
     """The variant bytes keys that a manifest among `keys` keeps (its source image alive)."""
     kept = set()
     for key in keys:
-        if VARIANT_MANIFEST_KEY.match(key):
+        if VARIANT_MANIFEST_KEY.fullmatch(key):
             named = await refs.variant_kept(store, key)
             if named == key.removesuffix(".json"):
                 kept.add(named)

@@ -42,10 +42,10 @@ from origin.generators import (
     ImageRequest,
     ReferenceImage,
 )
-from origin.images import ProjectCtx, image_json, new_image
+from origin.images import ProjectCtx, aliases_moved, forget_everywhere, image_json, new_image
 from origin.imaging import inspect_generated_async
 from origin.models import Generation, Image, new_id, utcnow
-from origin.services import Services
+from origin.services import GenerationTicket, Services
 
 log = logging.getLogger("banatie.origin")
 
@@ -156,7 +156,8 @@ async def resolve_references(
                 details={"field": "referenceImages", "value": ref},
             ) from None
         if all(r["imageId"] != image.id for r in refs):
-            refs.append({"imageId": image.id, "alias": ref if ALIAS_PATTERN.match(ref) else None})
+            named = ref if ALIAS_PATTERN.fullmatch(ref) else None
+            refs.append({"imageId": image.id, "alias": named})
     for alias in aliases_in_prompt(prompt):
         resolved = await resolve_alias(session, project_id, alias, flow_id)
         if resolved is None or any(r["imageId"] == resolved.image.id for r in refs):
@@ -212,21 +213,20 @@ async def add_generation(
     return generation
 
 
-async def create_generation(
-    services: Services, project: ProjectCtx, data: GenerationInput
-) -> Generation:
-    """Store a pending generation row."""
-    async with services.sessions() as session:
-        generation = await add_generation(session, project, data)
-        await session.commit()
-        return generation
-
-
 async def run_generation(
-    services: Services, project: ProjectCtx, generation_id: str, *, regenerate: bool = False
+    services: Services,
+    project: ProjectCtx,
+    generation_id: str,
+    ticket: GenerationTicket,
+    *,
+    regenerate: bool = False,
+    also: AlsoInTransaction | None = None,
 ) -> Generation:
-    """Enhance, generate and store; the row ends `success` or `failed` whatever happens."""
-    async with services.generation_slot():
+    """Wait for the ticket's turn, then enhance, generate and store (with `also`, see
+    `produce`); the row ends `success` or `failed` whatever happens, and the ticket is
+    released."""
+    try:
+        await _wait_for_turn(services, ticket, generation_id)
         async with services.sessions() as session:
             generation = await session.get(Generation, generation_id)
             assert generation is not None
@@ -234,8 +234,23 @@ async def run_generation(
             generation.error_message = None
             generation.updated_at = utcnow()
             await session.commit()
-        produced = await produce(services, project, generation, regenerate=regenerate)
+        produced = await produce(services, project, generation, regenerate=regenerate, also=also)
         return produced.generation
+    finally:
+        ticket.release()
+
+
+async def _wait_for_turn(services: Services, ticket: GenerationTicket, generation_id: str) -> None:
+    """While queued, touch the row now and then: the interrupted-sweep leaves it alone."""
+    every = stale_after_s(services.settings) / 3
+    while not await ticket.start(within=every):
+        async with services.sessions() as session:
+            await session.execute(
+                update(Generation)
+                .where(Generation.id == generation_id, Generation.status == "pending")
+                .values(updated_at=utcnow())
+            )
+            await session.commit()
 
 
 @dataclass
@@ -307,13 +322,12 @@ async def produce(
             )
             try:
                 session.add(image)
-                old = (
-                    await session.get(Image, generation.output_image_id)
-                    if regenerate and generation.output_image_id
-                    else None
-                )
-                if old is not None and old.deleted_at is None:
-                    await move_image_aliases(session, old, image)
+                if regenerate and generation.output_image_id:
+                    # Only what points at the old output moves: a deleted output gave its
+                    # aliases up, and they may name other images by now.
+                    old = await session.get(Image, generation.output_image_id)
+                    if old is not None and old.deleted_at is None:
+                        await move_image_aliases(session, old, image)
                 else:
                     await _apply_requested_aliases(session, generation, image)
                 generation.prompt = prompt
@@ -331,6 +345,8 @@ async def produce(
                 await asyncio.wait([writing])
             await writing  # a failed write fails the generation's commit
             await session.commit()
+            if image.alias:  # it may have moved here from another image: edges follow now
+                await forget_everywhere(services, project, aliases_moved(project, (image.alias,)))
             return Produced(generation, image, result.data, model_ms)
     except GenerationNotFound:
         raise

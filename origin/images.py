@@ -150,8 +150,14 @@ async def soft_delete_image(session: AsyncSession, image: Image) -> Invalidation
     return Invalidation(image.id, digests)
 
 
+def aliases_moved(project: ProjectCtx, aliases: tuple[str, ...]) -> Invalidation:
+    """The event that makes every edge resolve these project aliases again."""
+    return Invalidation("", aliases=tuple((project.project_id, alias) for alias in aliases))
+
+
 async def forget_everywhere(services: Services, project: ProjectCtx, event: Invalidation) -> None:
-    """Remove index entries and manifests, then tell every edge. Bytes stay in storage."""
+    """Remove index entries and manifests, then tell every edge. Bytes stay in storage.
+    With Redis the bus records the event (and the index removals) once Redis is back."""
     for digest in event.digests:
         try:
             await services.index.delete(digest)

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from PIL import Image as PILImage
 
 from cache.errors import PayloadTooLarge, UnsupportedMediaType, ValidationError
+from cache.orientation import upright_size
 
 PILImage.MAX_IMAGE_PIXELS = None  # our own limit is checked before decoding
 
@@ -40,7 +41,8 @@ _PIL_FORMAT = {"image/png": "PNG", "image/jpeg": "JPEG", "image/webp": "WEBP"}
 
 
 def inspect_image(data: bytes, max_bytes: int, max_pixels: int) -> ImageFacts:
-    """Check and measure; raises 413 (too big), 415 (not PNG/JPEG/WebP) or 400 (undecodable)."""
+    """Check and measure; raises 413 (too big), 415 (not PNG/JPEG/WebP) or 400 (undecodable).
+    The size is as displayed: sides swapped when EXIF turns the image a quarter."""
     if len(data) > max_bytes:
         raise PayloadTooLarge(f"The image is larger than {max_bytes} bytes.")
     if not data:
@@ -50,7 +52,7 @@ def inspect_image(data: bytes, max_bytes: int, max_pixels: int) -> ImageFacts:
         raise UnsupportedMediaType("Only PNG, JPEG and WebP images are accepted.")
     try:
         with PILImage.open(io.BytesIO(data), formats=[_PIL_FORMAT[mime]]) as img:
-            width, height = img.size
+            width, height = upright_size(img)  # as shown, and as variants come out
             if width * height > max_pixels:
                 raise ValidationError(
                     f"The image has {width}x{height} pixels; at most {max_pixels} are accepted.",

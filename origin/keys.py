@@ -15,8 +15,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from cache.errors import Forbidden, ProjectNotFound, Unauthorized, ValidationError
 from origin.models import ApiKey, Organization, Project, utcnow
 
-KEY_PATTERN = re.compile(r"^bnt_[0-9a-f]{64}$")
-SLUG_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+KEY_PATTERN = re.compile(r"bnt_[0-9a-f]{64}")
+SLUG_PATTERN = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")  # use with fullmatch
 
 
 def mint_key() -> str:
@@ -44,7 +44,7 @@ async def authenticate(session: AsyncSession, key: str | None) -> Principal:
     """The principal behind `key`; 401 when missing, malformed, unknown, revoked or expired."""
     if not key:
         raise Unauthorized("An X-API-Key header is required.")
-    if not KEY_PATTERN.match(key):
+    if not KEY_PATTERN.fullmatch(key):
         raise Unauthorized("The API key is not valid.")
     digest = hash_key(key)
     row = (
@@ -87,7 +87,7 @@ def require_master(principal: Principal) -> Principal:
 
 
 def check_slug(value: object, field: str) -> str:
-    if not isinstance(value, str) or not SLUG_PATTERN.match(value):
+    if not isinstance(value, str) or not SLUG_PATTERN.fullmatch(value):
         raise ValidationError(
             f"{field} must be 1-64 lowercase letters, digits, '-' or '_'.", field=field
         )
@@ -170,11 +170,9 @@ async def create_key(
     return CreatedKey(row, secret, organization_slug, project_slug if type == "project" else None)
 
 
-async def master_key_exists(session: AsyncSession) -> bool:
-    count = await session.scalar(
-        select(func.count()).select_from(ApiKey).where(ApiKey.type == "master")
-    )
-    return bool(count)
+async def any_key_exists(session: AsyncSession) -> bool:
+    """Any key at all, even revoked: once one was made, bootstrap is over."""
+    return bool(await session.scalar(select(func.count()).select_from(ApiKey)))
 
 
 async def any_project_exists(session: AsyncSession) -> bool:

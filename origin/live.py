@@ -18,14 +18,15 @@ from cache.errors import (
     ApiError,
     GatewayTimeout,
     GenerationFailed,
-    RateLimitExceeded,
     ScopeGenerationsDisabled,
     ScopeLimitReached,
     ValidationError,
 )
 from cache.index import LiveRecord
 from cache.live_key import SCOPE_PATTERN, LiveKey, live_key, manifest_key
+from origin.budgets import spend_ip_budget, spend_key_budget
 from origin.generations import (
+    INTERRUPTED,
     AlsoInTransaction,
     GenerationInput,
     add_generation,
@@ -45,7 +46,7 @@ POLL_S = 0.1
 
 async def live(services: Services, params: LiveParams) -> LiveResult:
     """Existing image for the key, or claim the key and generate it (scope, budgets checked)."""
-    if params.scope and not SCOPE_PATTERN.match(params.scope):
+    if params.scope and not SCOPE_PATTERN.fullmatch(params.scope):
         raise ValidationError("scope must match [A-Za-z0-9_-]{1,64}.", field="scope")
     key = live_key(
         params.project_id,
@@ -84,9 +85,7 @@ async def live(services: Services, params: LiveParams) -> LiveResult:
             produced = await produce(services, project, generation, also=_ready(key))
         except BaseException as exc:
             attempted = isinstance(exc, ApiError) and bool((exc.details or {}).get("generationId"))
-            await _release(services, key, failed=attempted)
-            if params.scope:
-                await _uncount_scope(services, params.project_id, params.scope)
+            await _release(services, key, generation_id, failed=attempted)
             raise
         finally:
             heartbeat.cancel()
@@ -120,9 +119,12 @@ async def _start(
     """In the claim's transaction: take a generation slot (into `held`), count the scope,
     take the budget and add the generation the claim names (already `processing`); one
     commit. A refusal rolls the whole transaction back, the claim included, so the key
-    stays free."""
+    stays free and nothing is counted or spent."""
     try:
-        await held.enter_async_context(services.generation_slot())
+        # A live miss holds its claim while it runs, so it never queues: a free slot or 503.
+        ticket = services.slots.reserve(wait=False)
+        held.callback(ticket.release)
+        await ticket.start()
         if params.scope:
             await _count_scope(session, services, params.project_id, params.scope)
         budget = await _admit(services, params)
@@ -220,6 +222,9 @@ async def _claim(
         entry.status == "pending" and entry.updated_at <= stale_pending
     )
     if entry.status == "ready" or retryable:  # ready but its image is gone: generate anew
+        # Read before the UPDATE, which refreshes `entry` in the session.
+        abandoned = (entry.project_id, entry.scope, entry.generation_id)
+        took_over = entry.status == "pending"  # from a claimant that died mid-generation
         result = await session.execute(
             update(LiveEntry)
             .where(LiveEntry.id == entry.id, LiveEntry.updated_at == entry.updated_at)
@@ -234,6 +239,8 @@ async def _claim(
         if result.rowcount != 1:
             await session.rollback()
             return False
+        if took_over:
+            await _abandon(session, *abandoned)
         return True
     if entry.status == "failed":
         raise GenerationFailed(
@@ -244,27 +251,13 @@ async def _claim(
 
 
 async def _admit(services: Services, params: LiveParams) -> BudgetState | None:
-    """The per-key or per-IP budget; only for a miss about to generate."""
-    settings = services.settings
-    budget = None
+    """The per-key or per-IP bucket; only for a miss about to generate. Its state becomes
+    the miss's X-RateLimit-* headers (a 429 carries them too)."""
     if params.key_id:
-        budget = await services.budget.take(f"key:{params.key_id}", settings.key_budget_per_hour)
-        if not budget.allowed:
-            raise RateLimitExceeded(
-                "The hourly generation budget of this key is spent.",
-                retry_after=budget.retry_after,
-                headers=budget.headers(),
-            )
+        return await spend_key_budget(services, params.key_id)
     if params.client_ip:
-        state = await services.budget.take(
-            f"ip:{params.project_id}:{params.client_ip}", settings.ip_budget_per_hour
-        )
-        if not state.allowed:
-            raise RateLimitExceeded(
-                "This address has used its hourly budget of new images.",
-                retry_after=state.retry_after,
-            )
-    return budget
+        return await spend_ip_budget(services, params.project_id, params.client_ip)
+    return None
 
 
 async def ensure_scope(session: AsyncSession, services: Services, project_id: str, slug: str):  # type: ignore[no-untyped-def]
@@ -334,18 +327,76 @@ async def _count_scope(
         )
 
 
-async def _uncount_scope(services: Services, project_id: str, slug: str) -> None:
-    async with services.sessions() as session:
-        await session.execute(
-            update(LiveScope)
-            .where(
-                LiveScope.project_id == project_id,
-                LiveScope.slug == slug,
-                LiveScope.current_generations > 0,
-            )
-            .values(current_generations=LiveScope.current_generations - 1)
+async def _abandon(
+    session: AsyncSession, project_id: str, scope: str, generation_id: str | None
+) -> None:
+    """A claim whose process died (its `pending` row untouched for two leases) was just taken
+    over or removed, in this transaction: its generation ends `failed` and gives its scope
+    count back. The caller's conditional write on the claim makes this happen once."""
+    await session.execute(
+        update(Generation)
+        .where(Generation.id == generation_id, Generation.status.in_(("pending", "processing")))
+        .values(status="failed", error_message=INTERRUPTED, updated_at=utcnow()),
+        execution_options={"synchronize_session": False},
+    )
+    await _uncount_scope(session, project_id, scope)
+
+
+async def _uncount_scope(session: AsyncSession, project_id: str, slug: str) -> None:
+    """Give back the count a claim took (only scoped claims took one)."""
+    if not slug:
+        return
+    await session.execute(
+        update(LiveScope)
+        .where(
+            LiveScope.project_id == project_id,
+            LiveScope.slug == slug,
+            LiveScope.current_generations > 0,
         )
+        .values(current_generations=LiveScope.current_generations - 1)
+    )
+
+
+async def release_abandoned_claims(services: Services) -> int:
+    """Claims left `pending` by a process that died, for keys nobody asked for again: free
+    the key, fail the generation, give the scope count back."""
+    cutoff = utcnow() - timedelta(milliseconds=services.settings.lock_lease_ms * 2)
+    released = 0
+    async with services.sessions() as session:
+        stale = (
+            await session.execute(
+                select(LiveEntry).where(
+                    LiveEntry.status == "pending", LiveEntry.updated_at <= cutoff
+                )
+            )
+        ).scalars()
+        for entry in list(stale):
+            abandoned = (entry.project_id, entry.scope, entry.generation_id)
+            gone = await session.execute(
+                delete(LiveEntry).where(
+                    LiveEntry.id == entry.id,
+                    LiveEntry.status == "pending",
+                    LiveEntry.updated_at == entry.updated_at,  # not renewed or taken meanwhile
+                )
+            )
+            if gone.rowcount == 1:
+                await _abandon(session, *abandoned)
+                released += 1
         await session.commit()
+    if released:
+        log.warning("%d abandoned live claim(s) released", released)
+    return released
+
+
+async def sweep_abandoned_claims(services: Services) -> None:
+    """`release_abandoned_claims` at start and then every two leases."""
+    every = services.settings.lock_lease_ms * 2 / 1000
+    while True:
+        try:
+            await release_abandoned_claims(services)
+        except Exception:
+            log.warning("could not sweep abandoned live claims", exc_info=True)
+        await asyncio.sleep(every)
 
 
 async def _set_entry(services: Services, key: LiveKey, **values: Any) -> None:
@@ -369,21 +420,26 @@ async def _heartbeat(services: Services, key: LiveKey) -> None:
             log.warning("could not renew the claim on live key %s", key.digest)
 
 
-async def _release(services: Services, key: LiveKey, failed: bool) -> None:
-    """A failed generation is remembered briefly; a refusal frees the key at once."""
+async def _release(services: Services, key: LiveKey, generation_id: str, failed: bool) -> None:
+    """End this caller's claim without an image, giving its scope count back in the same
+    transaction: a failed generation is remembered briefly, anything else frees the key."""
+    ours = (
+        LiveEntry.project_id == key.project_id,
+        LiveEntry.cache_key == key.digest,
+        LiveEntry.status == "pending",
+        LiveEntry.generation_id == generation_id,  # not a claim taken over from us
+    )
     try:
-        if failed:
-            await _set_entry(services, key, status="failed")
-        else:
-            async with services.sessions() as session:
-                await session.execute(
-                    delete(LiveEntry).where(
-                        LiveEntry.project_id == key.project_id,
-                        LiveEntry.cache_key == key.digest,
-                        LiveEntry.status == "pending",
-                    )
+        async with services.sessions() as session:
+            if failed:
+                ended = await session.execute(
+                    update(LiveEntry).where(*ours).values(status="failed", updated_at=utcnow())
                 )
-                await session.commit()
+            else:
+                ended = await session.execute(delete(LiveEntry).where(*ours))
+            if ended.rowcount == 1:
+                await _uncount_scope(session, key.project_id, key.scope)
+            await session.commit()
     except Exception:
         log.exception("could not release live key %s", key.digest)
 

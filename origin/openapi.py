@@ -145,7 +145,16 @@ PAGING = ["limit", "offset"]
 ROUTES: list[tuple[str, str, str, Any, list[str], int, str]] = [
     ("get", "/health", "Liveness", None, [], 200, "none"),
     ("get", "/ready", "Readiness of database, storage and cache", None, [], 200, "none"),
-    ("post", "/api/bootstrap/initial-key", "Create the first master key", None, [], 201, "none"),
+    (
+        "post",
+        "/api/bootstrap/initial-key",
+        "Create the first master key: only while no key exists, from loopback or with the "
+        "X-Bootstrap-Token printed at start",
+        None,
+        [],
+        201,
+        "none",
+    ),
     ("post", "/api/admin/keys", "Create a key", KEY_BODY, [], 201, "master"),
     ("get", "/api/admin/keys", "List keys", None, [], 200, "master"),
     ("delete", "/api/admin/keys/{id}", "Revoke a key", None, [], 200, "master"),
@@ -202,6 +211,15 @@ ROUTES: list[tuple[str, str, str, Any, list[str], int, str]] = [
     ("delete", "/api/v1/flows/{id}", "Delete a flow", None, [], 200, "project"),
     ("get", "/api/v1/flows/{id}/generations", "A flow's generations", None, PAGING, 200, "project"),
     ("get", "/api/v1/flows/{id}/images", "A flow's images", None, PAGING, 200, "project"),
+    (
+        "post",
+        "/api/v1/flows/{id}/regenerate",
+        "Regenerate the flow's newest generation as a new image",
+        None,
+        [],
+        200,
+        "project",
+    ),
     (
         "put",
         "/api/v1/flows/{id}/aliases",
@@ -272,6 +290,15 @@ ROUTES: list[tuple[str, str, str, Any, list[str], int, str]] = [
     ("get", "/api/v1/live/scopes/{slug}", "Get a live scope", None, [], 200, "project"),
     ("put", "/api/v1/live/scopes/{slug}", "Update a live scope", SCOPE_UPDATE, [], 200, "project"),
     ("delete", "/api/v1/live/scopes/{slug}", "Delete a live scope", None, [], 200, "project"),
+    (
+        "post",
+        "/api/v1/live/scopes/{slug}/regenerate",
+        "A new image for each live key of the scope, or for the one serving imageId",
+        {"type": "object", "properties": {"imageId": UUID_OR_NULL}},
+        [],
+        200,
+        "project",
+    ),
     ("post", "/api/v1/live/sign", "Sign a live CDN URL", SIGN_BODY, [], 200, "project"),
     ("get", "/api/v1/live/signing", "Signed-URL settings (no secrets)", None, [], 200, "project"),
     (
@@ -313,6 +340,7 @@ OPTIONAL_BODIES = {
     ("post", "/api/v1/flows"),
     ("post", "/api/v1/generations/{id}/retry"),
     ("post", "/api/bootstrap/initial-key"),
+    ("post", "/api/v1/live/scopes/{slug}/regenerate"),
 }
 
 ERROR_STATUSES = {

@@ -32,16 +32,15 @@ class Services:
     bus: InvalidationBus
     budget: Budget
     background: set[asyncio.Task[object]] = field(default_factory=set)
-    generations_in_flight: int = 0
+    slots: GenerationSlots = field(init=False)
     metrics: Metrics = field(default_factory=Metrics)
     chores: list[asyncio.Task[None]] = field(default_factory=list)  # cancelled at close
 
     def __post_init__(self) -> None:
-        self.metrics.read("origin_in_flight", lambda: self.generations_in_flight)
-
-    def generation_slot(self) -> _Slot:
-        """Bound concurrent generations; over the cap → 503, never an unbounded queue."""
-        return _Slot(self)
+        self.slots = GenerationSlots(
+            self.settings.max_concurrent_generations, self.settings.generation_queue
+        )
+        self.metrics.read("origin_in_flight", lambda: self.slots.running)
 
     def spawn(self, coro) -> asyncio.Task[object]:  # type: ignore[no-untyped-def]
         task = asyncio.ensure_future(coro)
@@ -50,10 +49,13 @@ class Services:
         return task
 
     def start_chores(self) -> None:
-        """Periodic upkeep of a serving origin: interrupted generations are marked failed."""
+        """Periodic upkeep of a serving origin: interrupted generations are marked failed, and
+        live claims abandoned by a dead process give their key and scope count back."""
         from origin.generations import sweep_interrupted
+        from origin.live import sweep_abandoned_claims
 
         self.chores.append(asyncio.ensure_future(sweep_interrupted(self)))
+        self.chores.append(asyncio.ensure_future(sweep_abandoned_claims(self)))
 
     async def close(self) -> None:
         """Let background generations finish (up to the generation timeout), then disconnect."""
@@ -70,20 +72,59 @@ class Services:
         await self.engine.dispose()
 
 
-class _Slot:
-    def __init__(self, services: Services) -> None:
-        self._services = services
+class GenerationSlots:
+    """At most `cap` generations run at once and `queue` more wait their turn (FIFO); beyond
+    that a generation is refused with 503 before anything is stored or spent."""
 
-    async def __aenter__(self) -> None:
-        cap = self._services.settings.max_concurrent_generations
-        if self._services.generations_in_flight >= cap:
+    def __init__(self, cap: int, queue: int) -> None:
+        self.cap = cap
+        self.queue = queue
+        self.admitted = 0  # running, waiting, or reserved and about to wait
+        self.running = 0
+        self._turns = asyncio.Semaphore(cap)
+
+    def reserve(self, *, wait: bool = True) -> GenerationTicket:
+        """A place for one generation, or UpstreamUnavailable. `wait=False` (a live miss, which
+        holds a claim while it runs) asks for a free slot now, behind nobody in the queue."""
+        room = self.cap + (self.queue if wait else 0)
+        if self.admitted >= room:
+            waiting = max(0, self.admitted - self.cap)
             raise UpstreamUnavailable(
-                f"{cap} generations are already running; try again shortly.", retry_after=2
+                f"{self.cap} generations are running and {waiting} waiting; try again shortly.",
+                retry_after=2,
             )
-        self._services.generations_in_flight += 1
+        self.admitted += 1
+        return GenerationTicket(self)
 
-    async def __aexit__(self, *exc: object) -> None:
-        self._services.generations_in_flight -= 1
+
+class GenerationTicket:
+    """One admitted generation: `await start()` waits for a slot; `release()` (idempotent)
+    frees the slot or the place in the queue."""
+
+    def __init__(self, slots: GenerationSlots) -> None:
+        self._slots = slots
+        self._running = False
+        self._released = False
+
+    async def start(self, within: float | None = None) -> bool:
+        """Wait for a slot, at most `within` seconds: True once this generation may run."""
+        if not self._running:
+            try:
+                await asyncio.wait_for(self._slots._turns.acquire(), within)
+            except TimeoutError:
+                return False
+            self._running = True
+            self._slots.running += 1
+        return True
+
+    def release(self) -> None:
+        if self._released:
+            return
+        self._released = True
+        self._slots.admitted -= 1
+        if self._running:
+            self._slots.running -= 1
+            self._slots._turns.release()
 
 
 async def open_services(

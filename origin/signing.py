@@ -20,7 +20,7 @@ from urllib.parse import unquote, urlsplit
 from cache import signing
 from cache.errors import Conflict, ProjectNotFound, ValidationError
 from cache.live_key import SCOPE_PATTERN
-from origin.envelope import iso, optional_bool, optional_int, optional_str
+from origin.envelope import iso, optional_bool, optional_int
 from origin.generations import check_prompt, check_ratio, check_template
 from origin.models import Project, utcnow
 
@@ -75,7 +75,7 @@ class LiveUrl:
 
 
 def live_url(org: str, project: str, scope: str, query: list[tuple[str, str]]) -> LiveUrl:
-    if not isinstance(scope, str) or not SCOPE_PATTERN.match(scope):
+    if not isinstance(scope, str) or not SCOPE_PATTERN.fullmatch(scope):
         raise ValidationError("scope must match [A-Za-z0-9_-]{1,64}.", field="scope")
     return LiveUrl(f"/cdn/{org}/{project}/live/{scope}", query)
 
@@ -102,8 +102,10 @@ def parse_live_url(url: str, org: str, project: str, field: str = "path") -> Liv
 
 def live_url_from_body(body: dict[str, Any], org: str, project: str) -> LiveUrl:
     """`path` (a live URL or path), or `scope` + `prompt` and the other live parameters."""
-    path = optional_str(body, "path")
-    if path is not None:
+    if "path" in body:  # null too: a client that sends the field means it
+        path = body["path"]
+        if not isinstance(path, str):
+            raise ValidationError("path must be a string: a live URL or path.", field="path")
         both = [f for f in LIVE_FIELDS if body.get(f) is not None]
         if both:
             raise ValidationError(f"Give either path or {both[0]}, not both.", field=both[0])

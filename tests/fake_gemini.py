@@ -72,7 +72,7 @@ class FakeGemini:
 
     `url` is where it listens once a FakeGeminiServer runs it.
     Controls (safe to call from the test thread): `fail_next`, `malformed_next`, `delay_s`,
-    `reset`; what it saw: `requests`, `image_requests`, `text_requests`, `generations`.
+    `hold`/`let_go` (image calls hang until let go), `reset`; what it saw: `requests`, `image_requests`, `text_requests`, `generations`.
     """
 
     def __init__(self) -> None:
@@ -80,6 +80,7 @@ class FakeGemini:
         self.requests: list[RecordedRequest] = []
         self.generations = 0  # image answers actually given
         self.delay_s = 0.0
+        self.holding = False
         self.url = ""  # set by FakeGeminiServer.start
         self._failures: list[_Failure] = []
         self._malformed: list[str] = []
@@ -123,11 +124,19 @@ class FakeGemini:
         with self._lock:
             self._malformed += [kind] * n
 
+    def hold(self) -> None:
+        """Image calls hang (after being recorded in `requests`) until `let_go`."""
+        self.holding = True
+
+    def let_go(self) -> None:
+        self.holding = False
+
     def reset(self) -> None:
         with self._lock:
             self.requests.clear()
             self.generations = 0
             self.delay_s = 0.0
+            self.holding = False
             self._failures.clear()
             self._malformed.clear()
 
@@ -158,6 +167,10 @@ class FakeGemini:
             delay = self.delay_s
         if delay:
             await asyncio.sleep(delay)
+        # An upstream that hangs until let go; set from the test's thread, so a flag polled
+        # here rather than an event of this loop.
+        while self.holding and "image" in model:  # noqa: ASYNC110
+            await asyncio.sleep(0.01)
         if failure is not None:
             return JSONResponse(failure.body, failure.status, headers=failure.headers)
         if malformed is not None:

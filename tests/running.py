@@ -19,8 +19,15 @@ ROOT = Path(__file__).resolve().parent.parent
 class Banatie:
     """One `banatie <command>` process on a free loopback port."""
 
-    def __init__(self, command: str, data_dir: Path, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        command: str,
+        data_dir: Path,
+        env: dict[str, str] | None = None,
+        args: tuple[str, ...] = (),
+    ) -> None:
         self.command = command
+        self.args = args  # more command-line arguments, e.g. ("--workers", "2")
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.data_dir = data_dir
@@ -52,8 +59,9 @@ class Banatie:
     def start(self, timeout_s: float = 30) -> Banatie:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         with open(self.log, "ab") as log:
+            command = [sys.executable, "-m", "edge.cli", self.command, "--port", str(self.port)]
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "edge.cli", self.command, "--port", str(self.port)],
+                [*command, *self.args],
                 env=self.env,
                 cwd=ROOT,
                 stdout=log,

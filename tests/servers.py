@@ -13,6 +13,7 @@ import os
 import pwd
 import shlex
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -110,8 +111,25 @@ class RedisServer:
         self._process = None
 
     def close(self) -> None:
+        self.resume()
         self.stop()
         shutil.rmtree(self.dir, ignore_errors=True)
+
+    def pause(self) -> None:
+        """SIGSTOP: connections stay open and every command waits, as on a stalled server."""
+        assert self._process is not None
+        os.kill(self._process.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        if self._process is not None and self._process.poll() is None:
+            os.kill(self._process.pid, signal.SIGCONT)
+
+    def kill(self) -> None:
+        """SIGKILL: gone at once, with everything it held (start() brings it back empty)."""
+        if self._process is not None:
+            self._process.kill()
+            self._process.wait()
+            self._process = None
 
     def ping(self) -> bool:
         """True when the server answers PING."""

@@ -396,7 +396,7 @@ async def test_scope_limits_stop_new_generations_but_never_hits(site: Site) -> N
 
 
 async def test_per_ip_budget_answers_429_with_retry_after(tmp_path: Path) -> None:
-    async with open_site(tmp_path, ip_budget_per_hour=2) as site:
+    async with open_site(tmp_path, ip_budget_per_hour=2, ip_budget_burst=2) as site:
         for n in range(2):
             assert (await site.cdn("demo", {"prompt": f"image {n}"})).status_code == 200
         refused = await site.cdn("demo", {"prompt": "image 2"})
@@ -411,7 +411,9 @@ async def test_per_ip_budget_answers_429_with_retry_after(tmp_path: Path) -> Non
 
 
 async def test_trusted_proxy_forwards_the_client_address(tmp_path: Path) -> None:
-    async with open_site(tmp_path, ip_budget_per_hour=1, trusted_proxies=("127.0.0.0/8",)) as site:
+    async with open_site(
+        tmp_path, ip_budget_per_hour=1, ip_budget_burst=1, trusted_proxies=("127.0.0.0/8",)
+    ) as site:
         headers = {"X-Forwarded-For": "203.0.113.7, 127.0.0.2"}
         assert (await site.cdn("demo", {"prompt": "a"}, headers=headers)).status_code == 200
         assert (await site.cdn("demo", {"prompt": "b"}, headers=headers)).status_code == 429

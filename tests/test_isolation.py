@@ -120,6 +120,7 @@ async def test_another_projects_key_sees_and_touches_nothing(api: Api) -> None:
     await b.not_found(
         "delete", "/api/v1/flows/{id}/aliases/{alias}", f"/api/v1/flows/{flow}/aliases/@fa"
     )
+    await b.not_found("post", "/api/v1/flows/{id}/regenerate", f"/api/v1/flows/{flow}/regenerate")
     await b.not_found("delete", "/api/v1/flows/{id}", f"/api/v1/flows/{flow}")
     b_flow = (await b.send("post", "/api/v1/flows", "/api/v1/flows", json={})).json()["data"]["id"]
     into_b = await b.send(
@@ -164,6 +165,7 @@ async def test_another_projects_key_sees_and_touches_nothing(api: Api) -> None:
     one = f"/api/v1/live/scopes/{a.scope}"
     await b.not_found("get", "/api/v1/live/scopes/{slug}", one)
     await b.not_found("put", "/api/v1/live/scopes/{slug}", one, json={"newGenerationsLimit": 0})
+    await b.not_found("post", "/api/v1/live/scopes/{slug}/regenerate", f"{one}/regenerate")
     await b.not_found("delete", "/api/v1/live/scopes/{slug}", one)
     own_scope = await b.send(
         "post", "/api/v1/live/scopes", "/api/v1/live/scopes", json={"slug": a.scope}

@@ -12,7 +12,7 @@ import httpx
 import pytest
 from redis.asyncio.cluster import RedisCluster
 
-from cache.budget import RedisBudget
+from cache.budget import Rate, RedisBudget
 from cache.coalesce import Coalescer
 from cache.index import LiveRecord
 from cache.index.redis import IndexUnavailable, RedisIndex, connect
@@ -147,14 +147,18 @@ async def test_invalidations_reach_another_process(redis_cluster_url: str) -> No
 
 
 async def test_budgets_count_on_the_cluster(redis_cluster_url: str) -> None:
-    client = connect(redis_cluster_url)
-    budget = RedisBudget(client)
+    """Two clients' takes share one bucket (each would count alone if the script failed)."""
+    clients = [connect(redis_cluster_url), connect(redis_cluster_url)]
+    budgets = [RedisBudget(client) for client in clients]
     name = f"key:{uuid.uuid4()}"
     try:
-        states = [await budget.take(name, 2) for _ in range(3)]
+        rate = Rate(per_hour=2, burst=2)
+        states = [await budgets[n % 2].take(name, rate) for n in range(3)]
         assert [s.allowed for s in states] == [True, True, False]
+        assert states[-1].retry_after > 1000  # half an hour to the next unit
     finally:
-        await client.aclose()
+        for client in clients:
+            await client.aclose()
 
 
 async def test_an_unreachable_cluster_is_an_index_miss_not_an_error() -> None:
@@ -168,7 +172,7 @@ async def test_an_unreachable_cluster_is_an_index_miss_not_an_error() -> None:
         with pytest.raises(ConnectionError):  # what the coalescer expects when Redis is down
             await index.acquire(new_digest(), "t", 1_000)
         assert time.monotonic() - started < 1.0
-        budget = await RedisBudget(client).take("key:x", 1)  # counted in-process instead
+        budget = await RedisBudget(client).take("key:x", Rate(1, 1))  # counted in-process instead
         assert budget.allowed
     finally:
         await index.close()

@@ -183,7 +183,9 @@ def test_forwarded_for_from_an_untrusted_peer_does_not_dodge_the_ip_budget(
     tmp_path: Path,
 ) -> None:
     """uvicorn would trust X-Forwarded-For from loopback by default; the edge must not."""
-    app = Banatie("serve", tmp_path, env={"IP_BUDGET_PER_HOUR": "1"}).start()
+    app = Banatie(
+        "serve", tmp_path, env={"IP_BUDGET_PER_HOUR": "1", "IP_BUDGET_BURST": "1"}
+    ).start()
     try:
         project_key(app)
         first = httpx.get(

@@ -61,6 +61,11 @@ with contextlib.suppress(ImportError):
 REDIS_ERRORS: tuple[type[BaseException], ...] = (*_DOWN_ERRORS, RedisError)
 
 
+def record_key(digest: str) -> str:
+    """The Redis key of a live key's record (hash-tagged with its lock)."""
+    return f"live:{{{digest}}}"
+
+
 class IndexUnavailable(ConnectionError):
     """Redis cannot be reached right now; callers treat it as an index miss."""
 
@@ -158,7 +163,7 @@ class RedisIndex:
     # -- the Index protocol -----------------------------------------------------------------
 
     async def get(self, digest: str) -> LiveRecord | None:
-        raw = await self._call(lambda: self._redis.get(f"live:{{{digest}}}"))
+        raw = await self._call(lambda: self._redis.get(record_key(digest)))
         if raw is None:
             return None
         try:
@@ -168,10 +173,10 @@ class RedisIndex:
             return None
 
     async def set(self, digest: str, record: LiveRecord) -> None:
-        await self._call(lambda: self._redis.set(f"live:{{{digest}}}", record.to_json()))
+        await self._call(lambda: self._redis.set(record_key(digest), record.to_json()))
 
     async def delete(self, digest: str) -> None:
-        await self._call(lambda: self._redis.delete(f"live:{{{digest}}}"))
+        await self._call(lambda: self._redis.delete(record_key(digest)))
 
     async def close(self) -> None:
         self._closed = True

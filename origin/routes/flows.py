@@ -10,10 +10,11 @@ from cache.errors import AliasNotFound, ValidationError
 from origin.aliases import check_alias, live_image
 from origin.auth import project_of, services_of
 from origin.envelope import is_uuid, meta_field, ok, page, paged, pagination, read_json, resource
-from origin.flows import delete_flow, find_flow, flow_json
+from origin.flows import delete_flow, find_flow, flow_json, newest_generation
 from origin.generations import generation_json
 from origin.images import image_json
 from origin.models import Flow, Generation, Image, utcnow
+from origin.routes.generations import regenerate_generation
 
 
 async def create(request: Request) -> Response:
@@ -138,6 +139,16 @@ async def delete(request: Request) -> Response:
     return ok({"id": flow.id})
 
 
+async def regenerate(request: Request) -> Response:
+    """A new image for the flow's newest generation, as /generations/:id/regenerate does."""
+    services = services_of(request)
+    project = await project_of(request)
+    async with services.sessions() as session:
+        flow = await find_flow(session, project.project_id, request.path_params["id"])
+        generation = await newest_generation(session, flow)
+    return await regenerate_generation(request, project, generation.id)
+
+
 routes = [
     resource("/api/v1/flows", post=create, get=list_),
     resource("/api/v1/flows/{id}", get=get, delete=delete),
@@ -145,4 +156,5 @@ routes = [
     resource("/api/v1/flows/{id}/images", get=images),
     resource("/api/v1/flows/{id}/aliases", put=put_aliases),
     resource("/api/v1/flows/{id}/aliases/{alias}", delete=delete_alias),
+    resource("/api/v1/flows/{id}/regenerate", post=regenerate),
 ]

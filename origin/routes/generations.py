@@ -23,19 +23,20 @@ from origin.envelope import (
 )
 from origin.flows import ensure_flow
 from origin.generations import (
+    add_generation,
     check_flow_id,
     check_prompt,
     check_ratio,
     check_references,
-    create_generation,
     find_generation,
     generation_json,
     parse_generation,
     resolve_references,
     run_generation,
 )
-from origin.images import forget_everywhere, soft_delete_image
+from origin.images import ProjectCtx, forget_everywhere, soft_delete_image
 from origin.models import Generation, Image, utcnow
+from origin.services import GenerationTicket
 
 STATUSES = ("pending", "processing", "success", "failed")
 MAX_RETRIES = 3
@@ -46,25 +47,52 @@ async def create(request: Request) -> Response:
     project = await project_of(request)
     body = await read_json(request, services.settings.max_body_bytes)
     data = parse_generation(body, services.settings.max_meta_bytes)
-    budget = await spend_generation_budget(request)
-    generation = await create_generation(services, project, data)
+    async with services.sessions() as session:
+        # One transaction: a bad reference (400), a full queue (503) or a spent budget (429)
+        # leaves no row behind.
+        generation = await add_generation(session, project, data)
+        ticket, budget = await _admit(request)
+        try:
+            await session.commit()
+        except BaseException:
+            ticket.release()
+            raise
     headers = budget.headers()
     if "respond-async" in request.headers.get("prefer", "").lower():
-        services.spawn(_run_quietly(services, project, generation.id))
+        services.spawn(_run_quietly(services, project, generation.id, ticket))
         async with services.sessions() as session:
             payload = await generation_json(
                 session, generation, project, services.settings.public_url
             )
         return ok(payload, 202, headers | {"Preference-Applied": "respond-async"})
-    return await _run_and_answer(services, project, generation.id, budget, 201)
+    return await _run_and_answer(services, project, generation.id, ticket, budget, 201)
+
+
+async def _admit(request: Request) -> tuple[GenerationTicket, BudgetState]:
+    """A place among the generation slots, then one unit of the key's budget: a full queue
+    (503) spends nothing, and a spent budget (429) gives the place back."""
+    ticket = services_of(request).slots.reserve()
+    try:
+        return ticket, await spend_generation_budget(request)
+    except BaseException:
+        ticket.release()
+        raise
 
 
 async def _run_and_answer(  # type: ignore[no-untyped-def]
-    services, project, generation_id: str, budget: BudgetState, status: int, regenerate=False
+    services,
+    project,
+    generation_id: str,
+    ticket: GenerationTicket,
+    budget: BudgetState,
+    status: int,
+    regenerate=False,
 ):
     """Run the generation; success or error, the answer carries the budget headers."""
     try:
-        generation = await run_generation(services, project, generation_id, regenerate=regenerate)
+        generation = await run_generation(
+            services, project, generation_id, ticket, regenerate=regenerate
+        )
     except ApiError as exc:
         exc.headers = budget.headers() | exc.headers
         raise
@@ -73,9 +101,9 @@ async def _run_and_answer(  # type: ignore[no-untyped-def]
     return ok(payload, status, budget.headers())
 
 
-async def _run_quietly(services, project, generation_id: str) -> None:  # type: ignore[no-untyped-def]
+async def _run_quietly(services, project, generation_id: str, ticket: GenerationTicket) -> None:  # type: ignore[no-untyped-def]
     try:
-        await run_generation(services, project, generation_id)
+        await run_generation(services, project, generation_id, ticket)
     except ApiError:
         pass  # recorded on the row as `failed`
 
@@ -140,11 +168,16 @@ async def retry(request: Request) -> Response:
             generation.referenced_images = await resolve_references(
                 session, project.project_id, refs, generation.original_prompt, generation.flow_id
             )
-        budget = await spend_generation_budget(request)
+        ticket, budget = await _admit(request)
+        generation.status = "pending"  # while queued; and a second retry is refused (409)
         generation.retry_count += 1
         generation.updated_at = utcnow()
-        await session.commit()
-    return await _run_and_answer(services, project, generation.id, budget, 200)
+        try:
+            await session.commit()
+        except BaseException:
+            ticket.release()
+            raise
+    return await _run_and_answer(services, project, generation.id, ticket, budget, 200)
 
 
 async def regenerate(request: Request) -> Response:
@@ -152,8 +185,18 @@ async def regenerate(request: Request) -> Response:
     project = await project_of(request)
     async with services.sessions() as session:
         generation = await find_generation(session, project.project_id, request.path_params["id"])
-    budget = await spend_generation_budget(request)
-    return await _run_and_answer(services, project, generation.id, budget, 200, regenerate=True)
+    return await regenerate_generation(request, project, generation.id)
+
+
+async def regenerate_generation(
+    request: Request, project: ProjectCtx, generation_id: str
+) -> Response:
+    """A new image for the generation's stored parameters (its aliases move to it): one unit
+    of the key's budget and a place among the generation slots."""
+    ticket, budget = await _admit(request)
+    return await _run_and_answer(
+        services_of(request), project, generation_id, ticket, budget, 200, regenerate=True
+    )
 
 
 async def update(request: Request) -> Response:

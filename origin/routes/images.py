@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 from sqlalchemy import select
 from starlette.datastructures import UploadFile
 from starlette.requests import Request
@@ -32,12 +30,14 @@ from origin.envelope import (
     page,
     paged,
     pagination,
+    parse_json,
     query_bool,
     read_json,
     resource,
 )
 from origin.flows import ensure_flow
 from origin.images import (
+    aliases_moved,
     forget_everywhere,
     image_json,
     new_image,
@@ -97,13 +97,13 @@ async def upload(request: Request) -> Response:
         check_alias(flow_alias, "flowAlias")
     meta = {}
     if fields.get("meta"):
-        try:
-            meta = meta_field({"meta": json.loads(fields["meta"])}, settings.max_meta_bytes) or {}
-        except ValueError:
-            raise ValidationError("meta must be a JSON object string.", field="meta") from None
+        value = parse_json(fields["meta"], "meta")
+        meta = meta_field({"meta": value}, settings.max_meta_bytes) or {}
     if "flowId" not in fields:
         flow_id, materialise = new_id(), False
     elif fields["flowId"] in ("", "null"):
+        if flow_alias is not None:  # as POST /generations: no flow to hold the alias
+            raise ValidationError("flowAlias needs a flow; flowId is null.", field="flowAlias")
         flow_id, materialise = None, False
     elif is_uuid(fields["flowId"]):
         flow_id, materialise = fields["flowId"].lower(), True
@@ -116,11 +116,14 @@ async def upload(request: Request) -> Response:
             flow = await ensure_flow(session, project.project_id, flow_id)
         image = new_image(project, facts, source="uploaded", flow_id=flow_id, meta=meta)
         image = await store_image(session, services.store, image, data)
+        renamed: tuple[str, ...] = ()
         if alias:
-            await assign_project_alias(session, image, alias)
+            renamed = await assign_project_alias(session, image, alias)
         if flow is not None and flow_alias:
             await set_flow_alias(session, flow, flow_alias, image.id)
         await session.commit()
+        if renamed:  # the alias moved here from another image: edges must follow at once
+            await forget_everywhere(services, project, aliases_moved(project, renamed))
         return ok(image_json(image, project, settings.public_url), 201)
 
 
@@ -162,7 +165,7 @@ async def resolve(request: Request) -> Response:
     project = await project_of(request)
     alias = request.path_params["alias"]
     flow_id = _query_flow_id(request)
-    if not ALIAS_PATTERN.match(alias):
+    if not ALIAS_PATTERN.fullmatch(alias):
         raise ValidationError("alias must match @[A-Za-z0-9_-]{1,49}.", field="alias")
     if alias in TECHNICAL and flow_id is None:
         raise ValidationError(f"{alias} needs a flowId to resolve.", field="flowId")
@@ -206,8 +209,9 @@ async def update(request: Request) -> Response:
         check_alias(alias)
     async with services.sessions() as session:
         image = await find_image(session, project.project_id, request.path_params["id"])
+        renamed: tuple[str, ...] = ()
         if alias is not ...:
-            await assign_project_alias(session, image, alias)
+            renamed = await assign_project_alias(session, image, alias)
         moved = None
         if focal is not ...:
             point = None if focal is None else {"x": float(focal["x"]), "y": float(focal["y"])}
@@ -220,6 +224,8 @@ async def update(request: Request) -> Response:
         await session.commit()
         if moved is not None:
             await forget_everywhere(services, project, moved)
+        if renamed:
+            await forget_everywhere(services, project, aliases_moved(project, renamed))
         return ok(image_json(image, project, services.settings.public_url))
 
 
@@ -234,8 +240,10 @@ async def put_alias(request: Request) -> Response:
         check_alias(alias)
     async with services.sessions() as session:
         image = await find_image(session, project.project_id, request.path_params["id"])
-        await assign_project_alias(session, image, alias)
+        renamed = await assign_project_alias(session, image, alias)
         await session.commit()
+        if renamed:
+            await forget_everywhere(services, project, aliases_moved(project, renamed))
         return ok(image_json(image, project, services.settings.public_url))
 
 

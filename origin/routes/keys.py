@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import hmac
+import ipaddress
 from typing import Any
 
 from sqlalchemy import select
 from starlette.requests import Request
 from starlette.responses import Response
 
+from cache.client_ip import TrustedProxies
 from cache.errors import Forbidden, KeyNotFound, ValidationError
+from cache.invalidation import Invalidation
+from cache.settings import Settings
 from origin.auth import master_of, services_of
 from origin.envelope import iso, ok, optional_int, optional_str, path_uuid, read_json, resource
-from origin.keys import CreatedKey, check_slug, create_key, master_key_exists
+from origin.keys import CreatedKey, any_key_exists, check_slug, create_key
 from origin.models import ApiKey, Organization, Project, utcnow
 
 
@@ -30,15 +35,59 @@ def created_json(created: CreatedKey) -> dict[str, Any]:
 
 
 async def bootstrap(request: Request) -> Response:
+    """The first master key, while no key exists, for this machine or the start-up token."""
     services = services_of(request)
     body = await read_json(request, services.settings.max_body_bytes, required=False)
     name = optional_str(body, "name", 200) or "initial master key"
     async with services.sessions() as session:
-        if await master_key_exists(session):
-            raise Forbidden("A master key already exists; bootstrap is closed.")
+        if await any_key_exists(session):
+            raise Forbidden(
+                "A key already exists; bootstrap is closed. "
+                "Create a master key with `banatie keys create --master`."
+            )
+        _check_bootstrap_caller(request, services.settings)
         created = await create_key(session, "master", name=name)
         await session.commit()
     return ok(created_json(created), 201)
+
+
+def _check_bootstrap_caller(request: Request, settings: Settings) -> None:
+    """The token printed at start, or a loopback client when no token is sent."""
+    sent = request.headers.get("x-bootstrap-token")
+    if sent is not None:
+        token = settings.bootstrap_token
+        if not token or not hmac.compare_digest(sent.encode(), token.encode()):
+            raise Forbidden("The X-Bootstrap-Token does not match the one printed at start.")
+        return
+    if not _from_this_machine(request, settings):
+        raise Forbidden(
+            "Bootstrap is open to this machine only (loopback), or with the "
+            "X-Bootstrap-Token header printed in the server log at start."
+        )
+
+
+def _from_this_machine(request: Request, settings: Settings) -> bool:
+    """The peer is a loopback address, and so is the client a trusted proxy there names."""
+    proxies = TrustedProxies(settings.trusted_proxies)
+    peer = request.client.host if request.client else None
+    forwarded = request.headers.getlist("x-forwarded-for")
+    relayed = bool(forwarded) or any(name in request.headers for name in ("forwarded", "x-real-ip"))
+    if relayed and not (peer is not None and proxies.trusts(peer)):
+        return False  # a proxy we were not told about makes every client look local
+    client = proxies.client_ip(peer, ",".join(forwarded).encode("latin-1") if forwarded else None)
+    # Behind a proxy on another host, "127.0.0.1" would be that host: never this machine.
+    return _is_loopback(peer) and _is_loopback(client)
+
+
+def _is_loopback(address: str | None) -> bool:
+    """127.0.0.0/8 or ::1, also as an IPv4-mapped IPv6 address (a dual-stack socket's peer)."""
+    try:
+        ip = ipaddress.ip_address(address or "")
+    except ValueError:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped.is_loopback
+    return ip.is_loopback
 
 
 async def create(request: Request) -> Response:
@@ -98,7 +147,10 @@ async def revoke(request: Request) -> Response:
             raise KeyNotFound("Key not found.")
         if key.revoked_at is None:
             key.revoked_at = utcnow()
+        key_hash = key.key_hash
         await session.commit()
+    # Every edge forgets the key now, not when its key cache expires.
+    await services.bus.publish(Invalidation("", key_hash=key_hash))
     return ok({"id": key_id})
 
 

@@ -9,9 +9,15 @@ from sqlalchemy.exc import IntegrityError
 from starlette.requests import Request
 from starlette.responses import Response
 
-from cache.errors import Conflict, ScopeNotFound, ValidationError
+from cache.errors import (
+    ApiError,
+    ScopeAlreadyExists,
+    ScopeInvalidFormat,
+    ScopeNotFound,
+    ValidationError,
+)
 from cache.live_key import SCOPE_PATTERN
-from origin.auth import project_of, services_of
+from origin.auth import project_of, services_of, spend_generation_budget
 from origin.envelope import (
     iso,
     meta_field,
@@ -24,6 +30,8 @@ from origin.envelope import (
     read_json,
     resource,
 )
+from origin.generations import generation_json
+from origin.live_keys import keys_to_regenerate, regenerate_key
 from origin.models import LiveScope, utcnow
 
 
@@ -57,8 +65,8 @@ async def create(request: Request) -> Response:
     project = await project_of(request)
     body = await read_json(request, services.settings.max_body_bytes)
     slug = body.get("slug")
-    if not isinstance(slug, str) or not SCOPE_PATTERN.match(slug):
-        raise ValidationError("slug must match [A-Za-z0-9_-]{1,64}.", field="slug")
+    if not isinstance(slug, str) or not SCOPE_PATTERN.fullmatch(slug):
+        raise ScopeInvalidFormat("slug must match [A-Za-z0-9_-]{1,64}.", field="slug")
     scope = LiveScope(
         project_id=project.project_id,
         slug=slug,
@@ -73,7 +81,7 @@ async def create(request: Request) -> Response:
         try:
             await session.commit()
         except IntegrityError:
-            raise Conflict(f"The scope {slug} already exists.", code="SCOPE_EXISTS") from None
+            raise ScopeAlreadyExists(f"The scope {slug} already exists.") from None
         return ok(scope_json(scope), 201)
 
 
@@ -128,7 +136,50 @@ async def delete(request: Request) -> Response:
     return ok({"id": scope.id, "slug": scope.slug})
 
 
+async def regenerate(request: Request) -> Response:
+    """A new image for each live key of the scope, or for the one serving `imageId`: one unit
+    of the key's budget per image, spent up front, all or none; they run one after another."""
+    services = services_of(request)
+    project = await project_of(request)
+    body = await read_json(request, services.settings.max_body_bytes, required=False)
+    image_id = body.get("imageId")
+    if image_id is not None and not isinstance(image_id, str):
+        raise ValidationError("imageId must be an image id.", field="imageId")
+    slug = request.path_params["slug"]
+    async with services.sessions() as session:
+        await _find(session, project.project_id, slug)
+        keys = await keys_to_regenerate(session, project.project_id, slug, image_id)
+    burst = services.settings.key_rate.burst
+    if 0 < burst < len(keys):
+        raise ValidationError(
+            f"The scope has {len(keys)} live images; one call regenerates at most {burst} "
+            "(this key's burst): pass imageId to regenerate them one at a time.",
+            field="imageId",
+        )
+    budget = await spend_generation_budget(request, cost=len(keys))
+    regenerated = []
+    for key in keys:
+        try:
+            done = await regenerate_key(services, project, key)
+        except ApiError as exc:  # those before it are done and published
+            exc.headers = budget.headers() | exc.headers
+            raise
+        async with services.sessions() as session:
+            generation = await generation_json(
+                session, done.generation, project, services.settings.public_url
+            )
+        regenerated.append(
+            {
+                "previousImageId": done.previous_image_id,
+                "imageId": done.generation.output_image_id,
+                "generation": generation,
+            }
+        )
+    return ok({"slug": slug, "regenerated": regenerated}, 200, budget.headers())
+
+
 routes = [
     resource("/api/v1/live/scopes", post=create, get=list_),
     resource("/api/v1/live/scopes/{slug}", get=get, put=update, delete=delete),
+    resource("/api/v1/live/scopes/{slug}/regenerate", post=regenerate),
 ]

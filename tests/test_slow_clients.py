@@ -1,0 +1,135 @@
+"""Slow and silent clients (edge.protocol) against real `banatie` processes.
+
+A connection that does not finish a request head within HEADER_TIMEOUT_S is closed, however
+it trickles its bytes; past MAX_CONNECTIONS the connections that have waited longest for a
+head are closed first. Cached hits and /health keep being answered during such an attack.
+"""
+
+from __future__ import annotations
+
+import resource
+import socket
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from urllib.parse import quote
+
+import httpx
+import pytest
+
+from tests.running import Banatie
+from tests.servers import free_port
+from tests.test_multiprocess import project_key
+
+LIVE = "/cdn/acme/web/live/site?prompt=" + quote("a heron in the reeds")
+DEADLINE_S = 20.0  # the wait for closes; with HEADER_TIMEOUT_S=1 they come within seconds
+
+
+def connect(app: Banatie) -> socket.socket:
+    return socket.create_connection(("127.0.0.1", app.port), timeout=10)
+
+
+def is_closed(sock: socket.socket) -> bool:
+    """The server closed `sock` (EOF or reset); False while it is open and silent."""
+    sock.settimeout(0)  # a look, not a wait
+    try:
+        return sock.recv(1 << 16) == b""
+    except BlockingIOError:
+        return False
+    except OSError:
+        return True
+
+
+def wait_until(condition: Callable[[], bool], step: Callable[[], None] = lambda: None) -> None:
+    deadline = time.monotonic() + DEADLINE_S
+    while not condition():
+        assert time.monotonic() < deadline, "the condition did not come true in time"
+        step()
+        time.sleep(0.1)
+
+
+@pytest.fixture
+def sockets() -> Iterator[list[socket.socket]]:
+    """Client sockets closed after the test, whatever happened."""
+    opened: list[socket.socket] = []
+    yield opened
+    for sock in opened:
+        sock.close()
+
+
+def test_past_max_connections_the_longest_waiting_are_closed_and_hits_still_flow(
+    tmp_path: Path, sockets: list[socket.socket]
+) -> None:
+    env = {"MAX_CONNECTIONS": "32", "HEADER_TIMEOUT_S": "300"}  # only the cap acts here
+    app = Banatie("serve", tmp_path, env=env).start()
+    try:
+        project_key(app)
+        assert httpx.get(app.url + LIVE).headers["x-cache-status"] == "MISS"
+        sockets += [connect(app) for _ in range(100)]  # silent: not a byte sent
+        hit = httpx.get(app.url + LIVE, timeout=10)
+        assert hit.status_code == 200 and hit.headers["x-cache-status"] == "HIT"
+        assert httpx.get(app.url + "/health", timeout=10).status_code == 200
+        # The oldest idle sockets made room; the newest are still open.
+        wait_until(lambda: all(is_closed(s) for s in sockets[:60]))
+        assert not any(is_closed(s) for s in sockets[-20:])
+    finally:
+        app.stop()
+
+
+@pytest.mark.parametrize("layout", ["serve", "origin", "edge"])
+def test_connections_that_never_finish_a_request_head_are_closed(
+    tmp_path: Path, sockets: list[socket.socket], layout: str
+) -> None:
+    env = {"HEADER_TIMEOUT_S": "1", "ORIGIN_URL": f"http://127.0.0.1:{free_port()}"}
+    app = Banatie(layout, tmp_path, env=env).start()
+    try:
+        silent = [connect(app) for _ in range(40)]
+        slowloris = [connect(app) for _ in range(40)]
+        # One request answered, then the next head trickles in (uvicorn's keep-alive timer
+        # is cancelled by the first byte).
+        after_one = connect(app)
+        after_one.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        answer = b""
+        while b'"ok"' not in answer:
+            chunk = after_one.recv(1 << 16)
+            assert chunk, answer
+            answer += chunk
+        sockets += [*silent, *slowloris, after_one]
+        trickling = [*slowloris, after_one]
+        head = iter(b"GET /health HTTP/1.1\r\nHost: x\r\nX-Padding: " + b"a" * 10_000)
+
+        def trickle() -> None:  # one more byte of the head on every open slow socket
+            byte = bytes([next(head)])
+            for sock in trickling:
+                try:
+                    sock.send(byte)
+                except OSError:
+                    pass  # closed by the server
+
+        trickle()
+        assert httpx.get(app.url + "/health", timeout=10).status_code == 200
+        wait_until(lambda: all(is_closed(s) for s in sockets), trickle)
+        assert httpx.get(app.url + "/health", timeout=10).status_code == 200
+    finally:
+        app.stop()
+
+
+def test_the_soft_open_file_limit_is_raised_to_the_hard_one(tmp_path: Path) -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    assert hard != resource.RLIM_INFINITY and hard > 512, (
+        f"this test needs a finite hard RLIMIT_NOFILE above 512 (it is {hard}): raise it "
+        "(ulimit -Hn) before running the suite"
+    )
+    resource.setrlimit(resource.RLIMIT_NOFILE, (512, hard))  # inherited by the server
+    try:
+        app = Banatie("serve", tmp_path)
+        app.start()
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    try:
+        assert app.process is not None
+        limits = Path(f"/proc/{app.process.pid}/limits").read_text()
+        [line] = [line for line in limits.splitlines() if line.startswith("Max open files")]
+        assert line.split()[3:5] == [str(hard), str(hard)], line
+    finally:
+        app.stop()
