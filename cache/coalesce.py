@@ -66,7 +66,9 @@ class Coalescer(Generic[T]):
         lease_ms: int = 10_000,
         retry_after_s: int = 5,
         busy: str = "Too many images are being generated right now; try again shortly.",
+        clock: Callable[[], float] = time.monotonic,  # when remembered failures expire
     ) -> None:
+        self.clock = clock
         self.max_concurrent = max_concurrent
         self.busy = busy  # the 503's message over the cap: names what is being made
         self.timeout_s = timeout_s
@@ -117,7 +119,7 @@ class Coalescer(Generic[T]):
     # -- bookkeeping ------------------------------------------------------------------------
 
     def _recent_failure(self, key: str) -> BaseException | None:
-        now = time.monotonic()
+        now = self.clock()
         while self._failures:
             oldest, (_, until) = next(iter(self._failures.items()))
             if until > now:
@@ -134,7 +136,7 @@ class Coalescer(Generic[T]):
         error = task.exception()  # also marks it retrieved when nobody awaited the task
         if error is not None and _shared(error) and self.failure_ttl_s > 0:
             self._failures.pop(key, None)
-            self._failures[key] = (error, time.monotonic() + self.failure_ttl_s)
+            self._failures[key] = (error, self.clock() + self.failure_ttl_s)
 
     # -- producing --------------------------------------------------------------------------
 

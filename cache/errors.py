@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import json
+import math
+import re
+import textwrap
 from typing import Any, ClassVar
+from xml.sax.saxutils import escape
 
 
 class ApiError(Exception):
@@ -31,6 +35,33 @@ class ApiError(Exception):
         if self.details:
             error["details"] = self.details
         return json.dumps({"success": False, "error": error}).encode()
+
+    def image(self, request_id: str) -> bytes:
+        """The error as a small SVG, for an `<img>` load (browsers block JSON answers to
+        those): the status, the message and what to do, so the page shows the reason."""
+        retry_after = next((v for k, v in self.headers.items() if k.lower() == "retry-after"), "")
+        hint = _HINTS.get(self.code, "")
+        if retry_after.isdigit():
+            hint = f"try again in {_duration(int(retry_after))}"
+        text = _xml_text(f"{self.status} · {self.message}" + (f" · {hint}" if hint else ""))
+        lines = textwrap.wrap(text, _LINE_CHARS)[:_MAX_LINES]
+        height = 2 * _PAD + _LINE_PX * (len(lines) + 1)
+        rows = [
+            f'<text x="{_PAD}" y="{_PAD + _LINE_PX * (i + 1) - 6}"{_BOLD if i == 0 else ""}>'
+            f"{escape(line)}</text>"
+            for i, line in enumerate(lines)
+        ]
+        footer = escape(_xml_text(f"{self.code} · request {request_id}"))
+        return (
+            f'<svg xmlns="http://www.w3.org/2000/svg" width="{_WIDTH}" height="{height}" '
+            f'viewBox="0 0 {_WIDTH} {height}" role="img" '
+            f'aria-label="{escape(text, {chr(34): "&quot;"})}"><title>{escape(text)}</title>'
+            f'<rect x="0.5" y="0.5" width="{_WIDTH - 1}" height="{height - 1}" rx="6" '
+            'fill="#fef2f2" stroke="#dc2626"/>'
+            '<g font-family="system-ui, sans-serif" font-size="15" fill="#7f1d1d">'
+            f"{''.join(rows)}"
+            f'<text x="{_PAD}" y="{height - _PAD}" font-size="12">{footer}</text></g></svg>'
+        ).encode()
 
 
 class ValidationError(ApiError):
@@ -163,6 +194,73 @@ class GatewayTimeout(ApiError):
 
 class InternalError(ApiError):
     status, code = 500, "INTERNAL_ERROR"
+
+
+# -- the error as an image ---------------------------------------------------------------------
+
+_WIDTH, _PAD, _LINE_PX, _LINE_CHARS, _MAX_LINES = 480, 14, 22, 54, 8
+_BOLD = ' font-weight="bold"'
+# Characters XML 1.0 cannot hold (controls, lone surrogates, non-characters).
+_NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
+# What to do about an error, by code (a Retry-After says when to try again instead).
+_HINTS = {
+    "UNAUTHORIZED": "an <img> cannot send X-API-Key: use a /cdn/ URL",
+    "SIGNATURE_REQUIRED": "this project needs signed URLs (POST /api/v1/live/sign)",
+    "SIGNATURE_INVALID": "sign the URL again and use it unchanged",
+    "SIGNATURE_EXPIRED": "sign a new URL",
+    "PROJECT_NOT_FOUND": "check the organization and project in the URL",
+    "IMAGE_NOT_FOUND": "check the image id or @alias",
+    "SCOPE_LIMIT_REACHED": "raise the scope's newGenerationsLimit, or use another scope",
+    "SCOPE_GENERATIONS_DISABLED": "allow new generations in the scope, or use another scope",
+    "VARIANT_LIMIT_REACHED": "use a size and format already made",
+    "GENERATION_FAILED": "reload to try again",
+    "GENERATION_TIMEOUT": "reload to try again",
+    "INTERNAL_ERROR": "quote the request id when you report it",
+}
+
+
+def _xml_text(text: str) -> str:
+    return _NOT_XML.sub("\ufffd", text)
+
+
+def _duration(seconds: int) -> str:
+    """A Retry-After as a person reads it: 40 s, 6 min, 2 h."""
+    if seconds < 90:
+        return f"{max(1, seconds)} s"
+    if seconds < 90 * 60:
+        return f"{math.ceil(seconds / 60)} min"
+    return f"{math.ceil(seconds / 3600)} h"
+
+
+def prefers_image(accept: bytes) -> bool:
+    """Whether an Accept header ranks images above JSON: a browser's `<img>` load
+    (`image/avif,image/webp,...,*/*;q=0.8`) does, an API client (`*/*`, JSON) does not.
+    An image type listed by name beats JSON reached only through `*/*` at the same q."""
+    image_q = -1.0  # the best q of a listed image/... range; -1: none listed
+    json_q, json_rank = 0.0, -1  # q of the most specific range matching application/json
+    for item in accept.decode("latin-1").split(","):
+        media, *params = item.split(";")
+        main, _, sub = media.strip().lower().partition("/")
+        q = _q(params)
+        if main == "image":
+            image_q = max(image_q, q)
+        rank = {("application", "json"): 2, ("application", "*"): 1, ("*", "*"): 0}.get(
+            (main, sub), -1
+        )
+        if rank > json_rank:
+            json_q, json_rank = q, rank
+    return image_q > json_q or (image_q == json_q > 0 and json_rank == 0)
+
+
+def _q(params: list[str]) -> float:
+    for param in params:
+        name, _, value = param.strip().partition("=")
+        if name.strip().lower() == "q":
+            try:
+                return min(1.0, max(0.0, float(value)))
+            except ValueError:
+                return 0.0
+    return 1.0
 
 
 # Headers of an error the origin answers that the edge passes on to the client.

@@ -67,7 +67,7 @@ class Settings:
     generator: str = ""  # "gemini" | "offline"; empty: gemini when a key is set
     generation_timeout_s: float = 120.0
     generation_retries: int = 2
-    public_url: str = "http://localhost:3000"
+    public_url: str = "http://localhost:3000"  # unset: follows HOST and PORT (local_url)
     host: str = "127.0.0.1"
     port: int = 3000
     origin_url: str = "http://127.0.0.1:3001"
@@ -107,6 +107,7 @@ class Settings:
     max_variants_per_image: int = 100  # distinct variants one source may get; more → 403
     log_level: str = "info"
     log_format: str = "text"  # text | json
+    error_images: bool = True  # an <img> load's error is an SVG naming it, not JSON
 
     @property
     def generator_name(self) -> str:
@@ -161,9 +162,7 @@ class Settings:
             generator=_str(e, "GENERATOR", ""),
             generation_timeout_s=_float(e, "GENERATION_TIMEOUT_S", cls.generation_timeout_s),
             generation_retries=_int(e, "GENERATION_RETRIES", cls.generation_retries),
-            public_url=_str(
-                e, "PUBLIC_URL", f"http://localhost:{_int(e, 'PORT', cls.port)}"
-            ).rstrip("/"),
+            public_url=_str(e, "PUBLIC_URL", "").rstrip("/"),
             host=_str(e, "HOST", cls.host),
             port=port,
             origin_url=_str(e, "ORIGIN_URL", cls.origin_url).rstrip("/"),
@@ -206,10 +205,24 @@ class Settings:
             max_variants_per_image=_int(e, "MAX_VARIANTS_PER_IMAGE", cls.max_variants_per_image),
             log_level=_str(e, "LOG_LEVEL", cls.log_level),
             log_format=_str(e, "LOG_FORMAT", cls.log_format),
+            error_images=_bool(e, "ERROR_IMAGES", cls.error_images),
         )
         known = {f.name for f in fields(cls)}
         for name, value in overrides.items():
             if name not in known:
                 raise SettingsError(f"unknown setting {name}")
             values[name] = value
+        if not values["public_url"]:  # after overrides: a port given to the CLI counts too
+            host, port = values["host"], values["port"]
+            assert isinstance(host, str) and isinstance(port, int)
+            values["public_url"] = local_url(host, port)
         return cls(**values)  # type: ignore[arg-type]
+
+
+def local_url(host: str, port: int) -> str:
+    """The URL a browser on this machine reaches a server listening on host:port at."""
+    if host in ("", "0.0.0.0", "::", "127.0.0.1", "::1", "localhost"):
+        host = "localhost"
+    elif ":" in host:
+        host = f"[{host}]"  # an IPv6 address
+    return f"http://{host}:{port}"

@@ -38,6 +38,7 @@ from cache.errors import (
     Unauthorized,
     UpstreamUnavailable,
     ValidationError,
+    prefers_image,
 )
 from cache.index import Index, LiveRecord
 from cache.index.redis import RedisIndex
@@ -89,9 +90,39 @@ STORAGE_RETRY_AFTER_S = 5
 MEMO_QUERIES = 4096  # parsed query strings kept, each at most MEMO_QUERY_BYTES long
 MEMO_QUERY_BYTES = 2048
 
+# The public image routes (CDN live and img) may be used by any page: drawn on a canvas, read
+# by fetch(), timed. No credentials are involved (the URL itself is what grants access), so
+# `*` exposes nothing. /api/v1/live stays same-origin: its X-API-Key belongs on a server.
+CDN_FAMILIES = ("cdn_live", "cdn_img")
+CORS: Headers = [
+    (b"access-control-allow-origin", b"*"),
+    (
+        b"access-control-expose-headers",
+        b"ETag, X-Cache-Status, X-Image-Id, X-Generation-Id, X-Scope, X-Request-Id, "
+        b"X-RateLimit-Limit, X-RateLimit-Remaining, X-RateLimit-Reset, Retry-After, "
+        b"Server-Timing, Content-Range",
+    ),
+    (b"timing-allow-origin", b"*"),
+]
+PREFLIGHT: Headers = [
+    (b"access-control-allow-origin", b"*"),
+    (b"access-control-allow-methods", b"GET, HEAD, OPTIONS"),
+    (
+        b"access-control-allow-headers",
+        b"Range, If-None-Match, If-Range, If-Modified-Since, X-Request-Id",
+    ),
+    (b"access-control-max-age", b"86400"),
+    (b"allow", b"GET, HEAD, OPTIONS"),
+    (b"timing-allow-origin", b"*"),
+    (b"x-content-type-options", b"nosniff"),
+]
+
 
 class MethodNotAllowed(ApiError):
     status, code = 405, "METHOD_NOT_ALLOWED"
+
+
+GET_HEAD = {"Allow": "GET, HEAD"}
 
 
 class RangeNotSatisfiable(ApiError):
@@ -114,6 +145,8 @@ class Request:
     if_range: bytes | None = None
     request_id: bytes | None = None
     forwarded_for: bytes | None = None
+    accept: bytes | None = None
+    fetch_dest: bytes | None = None  # Sec-Fetch-Dest: "image" for an <img> load
     family: str = ""  # route family in the metrics; "" when counted by a send wrapper
 
     @classmethod
@@ -130,6 +163,11 @@ class Request:
                 request.if_range = value
             elif name == b"x-request-id":
                 request.request_id = value
+            elif name == b"accept":
+                prior = request.accept
+                request.accept = value if prior is None else prior + b"," + value
+            elif name == b"sec-fetch-dest":
+                request.fetch_dest = value
             elif name == b"x-forwarded-for":
                 # Several headers are one list, in order.
                 prior = request.forwarded_for
@@ -302,6 +340,9 @@ class Edge:
                     return await self._guarded(route, request, send, parts[2], parts[3], parts[5])
             if path == "/metrics" and scope["method"] in ("GET", "HEAD"):
                 return await send_metrics(send, self.metrics, scope, self.settings.metrics_token)
+            if path == "/metrics":
+                error = MethodNotAllowed("Only GET and HEAD are allowed here.", headers=GET_HEAD)
+                return await self._send_error(send, Request.from_scope(scope), error)
             send = self.metrics.counting(send, family_of(path))
         elif scope["type"] == "lifespan":
             return await self._lifespan(scope, receive, send)
@@ -321,8 +362,13 @@ class Edge:
         """Run a route; every failure becomes an error envelope, never a trace."""
         try:
             if request.method not in ("GET", "HEAD"):
+                if request.family not in CDN_FAMILIES:
+                    raise MethodNotAllowed("Only GET and HEAD are allowed here.", headers=GET_HEAD)
+                if request.method == "OPTIONS":
+                    return await self._preflight(request, send)
                 raise MethodNotAllowed(
-                    "Only GET and HEAD are allowed here.", headers={"Allow": "GET, HEAD"}
+                    "Only GET, HEAD and OPTIONS are allowed here.",
+                    headers={"Allow": "GET, HEAD, OPTIONS"},
                 )
             await route(request, send, *args)
         except _ResponseStarted:
@@ -338,6 +384,12 @@ class Edge:
         except Exception:
             log.exception("edge request failed: %s %s", request.method, request.scope["path"])
             await self._send_error(send, request, InternalError("Internal error."))
+
+    async def _preflight(self, request: Request, send: Send) -> None:
+        """OPTIONS on a public image route: a CORS preflight (or a plain OPTIONS) → 204."""
+        await send({"type": "http.response.start", "status": 204, "headers": PREFLIGHT})
+        await send({"type": "http.response.body", "body": b""})
+        self.metrics.responded(request.family, 204, 0)
 
     # -- routes -------------------------------------------------------------------------------
 
@@ -365,7 +417,7 @@ class Edge:
         def params() -> LiveParams:
             return _live_params(ref, scope, query, client_ip=self._client_ip(request))
 
-        extra = [(b"x-scope", scope.encode())]
+        extra = [(b"x-scope", scope.encode()), *CORS]
         await self._live(request, send, key, org, project, params, extra)
 
     async def _cdn_image(
@@ -388,14 +440,14 @@ class Edge:
         if spec is not None:
             source = _known(record)
             return await self._variant(
-                request, send, spec, l1_key, project_ref.project_id, org, project, source, [],
+                request, send, spec, l1_key, project_ref.project_id, org, project, source, CORS,
                 cache_control,
             )  # fmt: skip
         entry = self.l1.get(l1_key) or await self._from_disk(l1_key)
         if entry is None:
             if not self._holds(record.size):
-                return await self._stream(request, send, record, b"HIT", [], cache_control)
-            entry = await self._load(record, b"HIT", [])
+                return await self._stream(request, send, record, b"HIT", CORS, cache_control)
+            entry = await self._load(record, b"HIT", CORS)
             if entry is None:
                 self._images.pop(cache_key)
                 raise ImageNotFound("Image not found.")
@@ -761,17 +813,30 @@ class Edge:
                 await aclose()
 
     async def _send_error(self, send: Send, request: Request, error: ApiError) -> None:
-        body = error.body()
+        """The error envelope; for an image load (an <img>), the same error as an SVG image,
+        since browsers block JSON there and show only a broken icon."""
         request_id = request.request_id
         if request_id is None or not REQUEST_ID_PATTERN.fullmatch(request_id):
             request_id = uuid.uuid4().hex.encode()
+        if self.settings.error_images and (
+            request.fetch_dest == b"image"
+            or (request.accept is not None and prefers_image(request.accept))
+        ):
+            body = error.image(request_id.decode("latin-1"))
+            content_type = b"image/svg+xml"
+        else:
+            body, content_type = error.body(), b"application/json"
         headers = [
-            (b"content-type", b"application/json"),
+            (b"content-type", content_type),
             (b"content-length", str(len(body)).encode()),
             (b"cache-control", b"no-store"),
             (b"x-content-type-options", b"nosniff"),
             (b"x-request-id", request_id),
         ]
+        if content_type == b"image/svg+xml":  # opened as a page, it may run nothing
+            headers.append((b"content-security-policy", b"default-src 'none'"))
+        if request.family in CDN_FAMILIES:
+            headers += CORS
         headers += [(k.lower().encode(), v.encode("latin-1")) for k, v in error.headers.items()]
         await send({"type": "http.response.start", "status": error.status, "headers": headers})
         await send({"type": "http.response.body", "body": b"" if request.head else body})

@@ -29,7 +29,7 @@ def _raise_open_file_limit() -> None:
         logging.getLogger("banatie").warning("open-file limit stays at %d: %s", soft, exc)
 
 
-def _run(target: str, settings: Settings, host: str | None, port: int | None, workers: int) -> None:
+def _run(target: str, settings: Settings, workers: int) -> None:
     import uvicorn
 
     from edge.protocol import EdgeHttpTools
@@ -41,8 +41,8 @@ def _run(target: str, settings: Settings, host: str | None, port: int | None, wo
     uvicorn.run(
         target,
         factory=True,
-        host=host or settings.host,
-        port=port or settings.port,
+        host=settings.host,
+        port=settings.port,
         workers=workers,
         loop="uvloop",
         http=EdgeHttpTools,
@@ -182,6 +182,13 @@ def main(argv: list[str] | None = None) -> int:
     sign.add_argument("--project", default="default")
     sign.add_argument("--expires-in", type=int, help="seconds the URL stays valid (default: ever)")
     args = parser.parse_args(argv)
+    if args.command in ("serve", "origin", "edge"):
+        # --host and --port are HOST and PORT: through the environment they reach the app,
+        # built in the server's process (and each worker's), and PUBLIC_URL follows them.
+        if args.host:
+            os.environ["HOST"] = args.host
+        if args.port is not None:
+            os.environ["PORT"] = str(args.port)
     try:
         settings = Settings.from_env()
     except SettingsError as exc:
@@ -197,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
             # One token per start, shared through the environment with every worker process;
             # the server prints it while no key exists (POST /api/bootstrap/initial-key).
             os.environ["BOOTSTRAP_TOKEN"] = secrets.token_urlsafe(24)
-        _run(target, settings, args.host, args.port, args.workers)
+        _run(target, settings, args.workers)
     elif args.command == "migrate":
         asyncio.run(_migrate(settings))
         print("database is up to date", file=sys.stderr)

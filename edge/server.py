@@ -19,6 +19,7 @@ from origin.app import create_origin
 from origin.edge_api import InProcessOrigin
 from origin.keys import any_key_exists, any_project_exists, create_key
 from origin.services import Services, open_services
+from origin.upkeep import start_chores
 
 log = logging.getLogger("banatie")
 
@@ -76,7 +77,7 @@ async def build_one_process(settings: Settings):  # type: ignore[no-untyped-def]
         await services.store.check()
     await _bootstrap_default_project(services)
     await _announce_bootstrap(services)
-    services.start_chores()
+    start_chores(services)
     origin = create_origin(settings, services)
     # On a local object store the disk tier would keep a second copy on the same disk, for
     # little gain (docs/benchmarks.md, long tail); DISK_CACHE_BYTES turns it on anyway.
@@ -112,7 +113,7 @@ async def build_one_process(settings: Settings):  # type: ignore[no-untyped-def]
 async def build_origin(settings: Settings):  # type: ignore[no-untyped-def]
     services = await open_services(settings)
     await _announce_bootstrap(services)
-    services.start_chores()
+    start_chores(services)
     if not settings.service_token:
         log.warning("SERVICE_TOKEN is not set: edge processes cannot reach this origin")
     # No edge in front: the origin counts its own requests and answers /metrics.

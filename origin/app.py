@@ -15,8 +15,9 @@ from starlette.responses import HTMLResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from cache.errors import ApiError, InternalError, NotFound, ValidationError
+from cache.errors import ApiError, InternalError, NotFound, UpstreamUnavailable, ValidationError
 from cache.logs import request_id as request_id_var
+from cache.objects import StorageUnavailable
 from cache.settings import Settings
 from origin import edge_api
 from origin.body_limit import BodyLimit
@@ -55,6 +56,18 @@ async def on_http_error(request: Request, exc: Exception) -> Response:
     err = ApiError(str(exc.detail), code="HTTP_ERROR")
     err.status = exc.status_code  # type: ignore[misc]
     return error_response(err)
+
+
+STORAGE_RETRY_AFTER_S = 5  # as the edge's: storage outages are retried, not reported as bugs
+
+
+async def on_storage_unavailable(request: Request, exc: Exception) -> Response:
+    log.warning("storage unavailable on %s %s: %s", request.method, request.url.path, exc)
+    return error_response(
+        UpstreamUnavailable(
+            "Image storage is unavailable; try again shortly.", STORAGE_RETRY_AFTER_S
+        )
+    )
 
 
 async def on_unexpected(request: Request, exc: Exception) -> Response:
@@ -144,7 +157,8 @@ async def ready(request: Request) -> Response:
 
 
 async def openapi(request: Request) -> Response:
-    return JSONResponse(openapi_document(request.app.state.services.settings.public_url))
+    settings = request.app.state.services.settings
+    return JSONResponse(openapi_document(settings.public_url, settings.max_variant_dimension))
 
 
 async def docs(request: Request) -> Response:
@@ -182,6 +196,7 @@ def create_origin(settings: Settings, services: Services | None = None) -> Starl
         exception_handlers={
             ApiError: on_api_error,
             HTTPException: on_http_error,
+            StorageUnavailable: on_storage_unavailable,
             Exception: on_unexpected,
         },
         lifespan=lifespan,

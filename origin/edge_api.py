@@ -5,7 +5,6 @@ from __future__ import annotations
 import hmac
 from dataclasses import asdict
 
-from sqlalchemy import select
 from starlette.requests import Request
 from starlette.routing import Route
 
@@ -16,8 +15,7 @@ from origin import live as live_call
 from origin.aliases import find_image
 from origin.envelope import JSONResponse, read_json
 from origin.images import image_record
-from origin.keys import find_project
-from origin.models import ApiKey, Organization, Project, utcnow
+from origin.keys import find_project, principal_by_hash
 from origin.services import Services
 from origin.signing import active_secrets
 
@@ -30,21 +28,16 @@ class InProcessOrigin:
         self.model = services.generator.model
 
     async def key(self, key_hash: str) -> KeyRef | None:
+        """The project key hashing to `key_hash`, if it is valid (master keys serve nothing)."""
         async with self.services.sessions() as session:
-            row = (
-                await session.execute(
-                    select(ApiKey, Organization.slug, Project.slug)
-                    .join(Organization, Organization.id == ApiKey.organization_id)
-                    .join(Project, Project.id == ApiKey.project_id)
-                    .where(ApiKey.key_hash == key_hash, ApiKey.type == "project")
-                )
-            ).first()
-        if row is None:
+            try:
+                found = await principal_by_hash(session, key_hash)
+            except Unauthorized:
+                return None
+        if found.type != "project" or found.project_id is None:
             return None
-        key, org, project = row
-        if key.revoked_at is not None or (key.expires_at and key.expires_at <= utcnow()):
-            return None
-        return KeyRef(key.id, key.project_id, org, project)
+        assert found.organization_slug and found.project_slug
+        return KeyRef(found.key_id, found.project_id, found.organization_slug, found.project_slug)
 
     async def project(self, organization_slug: str, project_slug: str) -> ProjectRef | None:
         async with self.services.sessions() as session:

@@ -46,7 +46,12 @@ async def authenticate(session: AsyncSession, key: str | None) -> Principal:
         raise Unauthorized("An X-API-Key header is required.")
     if not KEY_PATTERN.fullmatch(key):
         raise Unauthorized("The API key is not valid.")
-    digest = hash_key(key)
+    return await principal_by_hash(session, hash_key(key))
+
+
+async def principal_by_hash(session: AsyncSession, digest: str) -> Principal:
+    """The principal whose key hashes to `digest` (the one key lookup, for the API and the
+    edge alike); 401 when unknown, revoked or expired."""
     row = (
         await session.execute(
             select(ApiKey, Organization.slug, Project.slug)

@@ -25,18 +25,11 @@ from cache.errors import (
 from cache.index import LiveRecord
 from cache.live_key import SCOPE_PATTERN, LiveKey, live_key, manifest_key
 from origin.budgets import spend_ip_budget, spend_key_budget
-from origin.generations import (
-    INTERRUPTED,
-    AlsoInTransaction,
-    GenerationInput,
-    add_generation,
-    check_prompt,
-    check_ratio,
-    check_template,
-    produce,
-)
+from origin.generation_input import GenerationInput, check_prompt, check_ratio, check_template
+from origin.generations import INTERRUPTED, add_generation
 from origin.images import ProjectCtx, image_record
 from origin.models import Generation, Image, LiveEntry, LiveScope, new_id, utcnow
+from origin.production import AlsoInTransaction, produce
 from origin.services import Services
 
 log = logging.getLogger("banatie.origin")

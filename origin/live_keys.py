@@ -10,9 +10,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from cache.errors import ImageNotInScope, ValidationError
 from cache.invalidation import Invalidation
-from origin.generations import AlsoInTransaction, run_generation
 from origin.images import ProjectCtx, forget_everywhere
 from origin.models import Generation, Image, LiveEntry, utcnow
+from origin.production import AlsoInTransaction, run_generation
 from origin.services import Services
 
 

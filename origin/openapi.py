@@ -1,9 +1,10 @@
-"""The OpenAPI 3 document of every JSON route, and a small HTML viewer for it."""
+"""The OpenAPI 3 document of every route (the edge's image routes too), and a viewer."""
 
 from __future__ import annotations
 
 from typing import Any
 
+from cache.variants import FITS, FORMATS
 from origin.generators import ASPECT_RATIOS
 from origin.generators import TEMPLATES as GENERATOR_TEMPLATES
 
@@ -350,8 +351,247 @@ ERROR_STATUSES = {
 }
 
 
-def openapi_document(public_url: str) -> dict[str, Any]:
-    paths: dict[str, dict[str, Any]] = {}
+# -- the edge's routes: image bytes, not the JSON envelope ------------------------------------
+
+IMAGE_TYPES = ("image/png", "image/jpeg", "image/webp", "image/avif")
+SLUG = {"type": "string", "pattern": "^[a-z0-9][a-z0-9_-]{0,63}$"}
+SCOPE = {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,64}$"}
+LIVE_QUERY = [
+    {
+        "name": "prompt",
+        "in": "query",
+        "required": True,
+        "description": "What to draw; with the other live parameters, the cache key.",
+        "schema": GENERATION_BODY["properties"]["prompt"],  # type: ignore[index]
+    },
+    {
+        "name": "aspectRatio",
+        "in": "query",
+        "description": "Empty: 1:1.",
+        "schema": {"type": "string", "enum": [*RATIOS, ""]},
+    },
+    {
+        "name": "autoEnhance",
+        "in": "query",
+        "description": "Rewrite the prompt before drawing (default true).",
+        "schema": {"type": "string", "enum": ["true", "false", "1", "0", ""]},
+    },
+    {
+        "name": "template",
+        "in": "query",
+        "description": "Empty: general.",
+        "schema": {"type": "string", "enum": [*TEMPLATES, ""]},
+    },
+]
+SIGNED_QUERY = [
+    {
+        "name": name,
+        "in": "query",
+        "description": text + " (projects that require signed URLs: POST /api/v1/live/sign).",
+        "schema": {"type": "string"},
+    }
+    for name, text in (("sig", "The URL's signature"), ("expires", "Its end, in epoch seconds"))
+]
+CONDITIONAL_HEADERS = [
+    {
+        "name": "If-None-Match",
+        "in": "header",
+        "description": "An ETag sent before: 304 when it still matches.",
+        "schema": {"type": "string"},
+    },
+    {
+        "name": "Range",
+        "in": "header",
+        "description": "One byte range (`bytes=a-b`, `a-`, `-n`): 206; outside the image: 416; "
+        "anything else is ignored.",
+        "schema": {"type": "string"},
+    },
+]
+
+
+def _variant_query(max_dimension: int) -> list[dict[str, Any]]:
+    """?w=&h=&fit=&format=&q=&dpr=: a resized or re-encoded image (README, Image variants)."""
+    side = {"type": "integer", "minimum": 1, "maximum": max_dimension}
+    return [
+        {"name": "w", "in": "query", "description": "Width in CSS pixels.", "schema": side},
+        {"name": "h", "in": "query", "description": "Height in CSS pixels.", "schema": side},
+        {
+            "name": "fit",
+            "in": "query",
+            "description": "How the image fills w x h (default cover).",
+            "schema": {"type": "string", "enum": list(FITS)},
+        },
+        {
+            "name": "format",
+            "in": "query",
+            "description": "auto: AVIF or WebP as the Accept header allows (Vary: Accept).",
+            "schema": {"type": "string", "enum": list(FORMATS)},
+        },
+        {
+            "name": "q",
+            "in": "query",
+            "description": "Quality of lossy formats.",
+            "schema": {"type": "integer", "minimum": 1, "maximum": 100},
+        },
+        {
+            "name": "dpr",
+            "in": "query",
+            "description": "Device pixel ratio: w and h are multiplied by it.",
+            "schema": {"type": "number", "minimum": 1, "maximum": 3},
+        },
+    ]
+
+
+def _header(text: str) -> dict[str, Any]:
+    return {"description": text, "schema": {"type": "string"}}
+
+
+IMAGE_HEADERS = {
+    "ETag": _header("The image's tag, for If-None-Match."),
+    "Cache-Control": _header("public, max-age=31536000, immutable (an @alias: max-age=60)."),
+    "X-Cache-Status": _header("HIT, or MISS when this request generated or derived it."),
+    "X-Image-Id": _header("The image's id."),
+}
+RATE_HEADERS = {
+    "X-RateLimit-Limit": _header("Size of the budget that paid for a MISS."),
+    "X-RateLimit-Remaining": _header("What is left of it."),
+    "X-RateLimit-Reset": _header("Seconds until it is full again."),
+}
+CORS_HEADERS = {
+    "Access-Control-Allow-Origin": _header("*: any page may draw, read and time the image."),
+    "Timing-Allow-Origin": _header("*"),
+}
+
+
+def _image_responses(errors: list[str], cors: bool, rate: bool) -> dict[str, Any]:
+    """An image route's answers: the bytes, 206, 304, and errors (JSON; SVG for <img>)."""
+    headers = {**IMAGE_HEADERS, **(RATE_HEADERS if rate else {}), **(CORS_HEADERS if cors else {})}
+    binary = {media: {"schema": {"type": "string", "format": "binary"}} for media in IMAGE_TYPES}
+    error_content = {
+        "application/json": {"schema": ENVELOPE_ERROR},
+        "image/svg+xml": {
+            "schema": {"type": "string"},
+            "description": "An image naming the error, for a request that is an image load "
+            "(Sec-Fetch-Dest: image, or an Accept preferring images); ERROR_IMAGES=false: JSON.",
+        },
+    }
+    error_headers = {
+        "X-Request-Id": _header("The request's id."),
+        "Retry-After": _header("Seconds to wait (429, 503)."),
+        **(RATE_HEADERS if rate else {}),
+        **(CORS_HEADERS if cors else {}),
+    }
+    return {
+        "200": {"description": "the image", "headers": headers, "content": binary},
+        "206": {
+            "description": "the byte range asked for",
+            "headers": {**headers, "Content-Range": _header("bytes a-b/size")},
+            "content": binary,
+        },
+        "304": {"description": "the client's copy (If-None-Match) is current", "headers": headers},
+        **{
+            code: {"description": "error", "headers": error_headers, "content": error_content}
+            for code in errors
+        },
+    }
+
+
+def _preflight(*path_params: str) -> dict[str, Any]:
+    """OPTIONS: answered for any path of the route, before anything in it is checked."""
+    return {
+        "summary": "CORS preflight",
+        "parameters": [
+            {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+            for name in path_params
+        ],
+        "responses": {
+            "204": {
+                "description": "what other origins may do",
+                "headers": {
+                    "Access-Control-Allow-Origin": _header("*"),
+                    "Access-Control-Allow-Methods": _header("GET, HEAD, OPTIONS"),
+                    "Access-Control-Allow-Headers": _header("Range, If-None-Match, ..."),
+                    "Access-Control-Max-Age": _header("86400"),
+                    "Allow": _header("GET, HEAD, OPTIONS"),
+                },
+            }
+        },
+    }
+
+
+def edge_paths(max_dimension: int) -> dict[str, dict[str, Any]]:
+    """The routes the edge answers: live images, images by id or alias, metrics."""
+    variants = _variant_query(max_dimension)
+    org_project = [
+        {"name": "org", "in": "path", "required": True, "schema": SLUG},
+        {"name": "project", "in": "path", "required": True, "schema": SLUG},
+    ]
+    live_errors = ["400", "403", "404", "416", "429", "502", "503", "504"]
+    return {
+        "/api/v1/live": {
+            "get": {
+                "summary": "A live image for the key's project: generated on the first "
+                "request for these parameters, cached ever after",
+                "security": [{"apiKey": []}],
+                "parameters": [*LIVE_QUERY, *variants, *CONDITIONAL_HEADERS],
+                "responses": _image_responses(["401", *live_errors], cors=False, rate=True),
+            }
+        },
+        "/cdn/{org}/{project}/live/{scope}": {
+            "parameters": [
+                *org_project,
+                {"name": "scope", "in": "path", "required": True, "schema": SCOPE},
+            ],
+            "get": {
+                "summary": "A public live image (for <img src>): generated on the first request "
+                "for these parameters, cached ever after; new images cost the client IP's "
+                "budget (IP_BUDGET_BURST, IP_BUDGET_PER_HOUR)",
+                "parameters": [*LIVE_QUERY, *variants, *SIGNED_QUERY, *CONDITIONAL_HEADERS],
+                "responses": _image_responses(live_errors, cors=True, rate=True),
+            },
+            "options": _preflight("org", "project", "scope"),
+        },
+        "/cdn/{org}/{project}/img/{ref}": {
+            "parameters": [
+                *org_project,
+                {
+                    "name": "ref",
+                    "in": "path",
+                    "required": True,
+                    "description": "An image id, or a project alias such as @logo.",
+                    "schema": {"anyOf": [UUID, {"type": "string", "pattern": ALIAS_RE}]},
+                },
+            ],
+            "get": {
+                "summary": "An image by id (cached for a year) or @alias (for a minute)",
+                "parameters": [*variants, *CONDITIONAL_HEADERS],
+                "responses": _image_responses(
+                    ["400", "403", "404", "416", "503"], cors=True, rate=False
+                ),
+            },
+            "options": _preflight("org", "project", "ref"),
+        },
+        "/metrics": {
+            "get": {
+                "summary": "Prometheus metrics; with METRICS_TOKEN set, only for "
+                "Authorization: Bearer <token>",
+                "responses": {
+                    "200": {
+                        "description": "the Prometheus text format",
+                        "content": {"text/plain": {"schema": {"type": "string"}}},
+                    },
+                    "401": {
+                        "description": "METRICS_TOKEN is set and was not sent",
+                        "content": {"application/json": {"schema": ENVELOPE_ERROR}},
+                    },
+                },
+            }
+        },
+    }
+
+
+def openapi_document(public_url: str, max_variant_dimension: int = 4096) -> dict[str, Any]:
+    paths: dict[str, dict[str, Any]] = edge_paths(max_variant_dimension)
     for method, path, summary, body, query, status, auth in ROUTES:
         params = [
             {"name": name, "in": "path", "required": True, "schema": PATH_SCHEMAS[name]}

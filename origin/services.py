@@ -48,15 +48,6 @@ class Services:
         task.add_done_callback(self.background.discard)
         return task
 
-    def start_chores(self) -> None:
-        """Periodic upkeep of a serving origin: interrupted generations are marked failed, and
-        live claims abandoned by a dead process give their key and scope count back."""
-        from origin.generations import sweep_interrupted
-        from origin.live import sweep_abandoned_claims
-
-        self.chores.append(asyncio.ensure_future(sweep_interrupted(self)))
-        self.chores.append(asyncio.ensure_future(sweep_abandoned_claims(self)))
-
     async def close(self) -> None:
         """Let background generations finish (up to the generation timeout), then disconnect."""
         for chore in self.chores:

@@ -21,7 +21,7 @@ from cache import signing
 from cache.errors import Conflict, ProjectNotFound, ValidationError
 from cache.live_key import SCOPE_PATTERN
 from origin.envelope import iso, optional_bool, optional_int
-from origin.generations import check_prompt, check_ratio, check_template
+from origin.generation_input import check_prompt, check_ratio, check_template
 from origin.models import Project, utcnow
 
 MAX_EXPIRES_IN_S = 10 * 365 * 24 * 3600

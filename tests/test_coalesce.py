@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import time
+from collections.abc import Callable
 
 import pytest
 
@@ -16,14 +18,26 @@ class Work:
     def __init__(self, result: str = "image") -> None:
         self.runs = 0
         self.finished = 0
+        self.started = asyncio.Event()
         self.release = asyncio.Event()
         self.result = result
 
     async def __call__(self) -> str:
         self.runs += 1
+        self.started.set()
         await self.release.wait()
         self.finished += 1
         return self.result
+
+
+class Clock:
+    """A clock the test moves: remembered failures expire when it says so."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
 
 
 def coalescer(**kw: object) -> Coalescer[str]:
@@ -31,10 +45,23 @@ def coalescer(**kw: object) -> Coalescer[str]:
     return Coalescer(**{**options, **kw})  # type: ignore[arg-type]
 
 
+async def joined() -> None:
+    """One turn of the event loop: tasks created just before run up to their first real wait
+    (`run` does not suspend before it joins the key's task), so they have joined."""
+    await asyncio.sleep(0)
+
+
+async def until(condition: Callable[[], bool], within_s: float = 5.0) -> None:
+    deadline = time.monotonic() + within_s
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.005)
+
+
 async def test_concurrent_callers_share_one_run() -> None:
     c, work = coalescer(), Work()
     callers = [asyncio.create_task(c.run("k", work)) for _ in range(200)]
-    await asyncio.sleep(0.01)
+    await work.started.wait()  # the run's task was created by the first caller, after them all
     work.release.set()
     results = await asyncio.gather(*callers)
     assert results == ["image"] * 200
@@ -53,12 +80,12 @@ async def test_a_finished_key_runs_again_on_the_next_call() -> None:
 async def test_cancelled_caller_does_not_cancel_the_work() -> None:
     c, work = coalescer(), Work()
     first = asyncio.create_task(c.run("k", work))
-    await asyncio.sleep(0.01)
+    await work.started.wait()
     first.cancel()  # the browser went away
     with pytest.raises(asyncio.CancelledError):
         await first
     second = asyncio.create_task(c.run("k", work))
-    await asyncio.sleep(0.01)
+    await joined()
     work.release.set()
     assert await second == "image"
     assert (work.runs, work.finished) == (1, 1)
@@ -67,25 +94,21 @@ async def test_cancelled_caller_does_not_cancel_the_work() -> None:
 async def test_work_finishes_even_when_every_caller_left() -> None:
     c, work = coalescer(), Work()
     caller = asyncio.create_task(c.run("k", work))
-    await asyncio.sleep(0.01)
+    await work.started.wait()
     caller.cancel()
     work.release.set()
-    for _ in range(50):
-        await asyncio.sleep(0.01)
-        if work.finished:
-            break
+    await until(lambda: c.in_flight == 0)
     assert work.finished == 1
-    assert c.in_flight == 0
 
 
 async def test_failure_answers_waiters_is_remembered_then_retried() -> None:
-    c = coalescer(failure_ttl_s=0.2)
+    clock = Clock()
+    c = coalescer(failure_ttl_s=5.0, clock=clock)
     runs = 0
 
     async def failing() -> str:
         nonlocal runs
-        runs += 1
-        await asyncio.sleep(0.01)
+        runs += 1  # the five callers have joined: its task was created after them
         raise GenerationFailed("model said no")
 
     callers = [asyncio.create_task(c.run("k", failing)) for _ in range(5)]
@@ -97,7 +120,10 @@ async def test_failure_answers_waiters_is_remembered_then_retried() -> None:
         await c.run("k", failing)
     assert runs == 1
 
-    await asyncio.sleep(0.25)
+    clock.now += 4.9
+    with pytest.raises(GenerationFailed):
+        await c.run("k", failing)
+    clock.now += 0.2  # past the ttl
     work = Work()
     work.release.set()
     assert await c.run("k", work) == "image"  # forgotten: tried again
@@ -121,7 +147,8 @@ async def test_over_the_cap_is_503_with_retry_after_not_a_queue() -> None:
     c = coalescer(max_concurrent=2)
     works = [Work(), Work()]
     running = [asyncio.create_task(c.run(f"k{i}", w)) for i, w in enumerate(works)]
-    await asyncio.sleep(0.01)
+    for w in works:
+        await w.started.wait()
     with pytest.raises(UpstreamUnavailable) as refused:
         await c.run("k3", Work())
     assert refused.value.status == 503
@@ -162,7 +189,7 @@ async def test_a_refusal_of_the_leader_is_not_passed_on_to_the_others() -> None:
     leader = asyncio.create_task(c.run("k", over_budget))
     await started.wait()
     follower = asyncio.create_task(c.run("k", work))
-    await asyncio.sleep(0.01)
+    await joined()
     release.set()
     with pytest.raises(RateLimitExceeded):
         await leader

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from cache.index import LiveRecord
+from cache.index.base import LiveRecord
 
 
 class MemoryIndex:

@@ -33,7 +33,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from cache.index import LiveRecord
+from cache.index.base import LiveRecord
 
 log = logging.getLogger("banatie.redis")
 

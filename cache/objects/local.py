@@ -20,7 +20,7 @@ import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-from cache.objects import (
+from cache.objects.base import (
     CHUNK,
     InvalidObjectKey,
     ObjectInfo,

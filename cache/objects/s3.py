@@ -17,7 +17,7 @@ import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
-from cache.objects import (
+from cache.objects.base import (
     CHUNK,
     ObjectInfo,
     ObjectNotFound,

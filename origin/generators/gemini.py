@@ -12,7 +12,7 @@ from google import genai
 from google.genai import errors, types
 
 from cache.settings import Settings
-from origin.generators import (
+from origin.generators.base import (
     ASPECT_RATIOS,
     GeneratedImage,
     GeneratorError,

@@ -9,7 +9,7 @@ import textwrap
 
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
-from origin.generators import (
+from origin.generators.base import (
     ASPECT_RATIOS,
     GeneratedImage,
     GeneratorError,

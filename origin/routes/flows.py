@@ -11,7 +11,7 @@ from origin.aliases import check_alias, live_image
 from origin.auth import project_of, services_of
 from origin.envelope import is_uuid, meta_field, ok, page, paged, pagination, read_json, resource
 from origin.flows import delete_flow, find_flow, flow_json, newest_generation
-from origin.generations import generation_json
+from origin.generation_view import generation_json
 from origin.images import image_json
 from origin.models import Flow, Generation, Image, utcnow
 from origin.routes.generations import regenerate_generation

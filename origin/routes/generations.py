@@ -22,20 +22,19 @@ from origin.envelope import (
     resource,
 )
 from origin.flows import ensure_flow
-from origin.generations import (
-    add_generation,
+from origin.generation_input import (
     check_flow_id,
     check_prompt,
     check_ratio,
     check_references,
-    find_generation,
-    generation_json,
     parse_generation,
-    resolve_references,
-    run_generation,
 )
+from origin.generation_view import generation_json
+from origin.generations import add_generation, find_generation
 from origin.images import ProjectCtx, forget_everywhere, soft_delete_image
 from origin.models import Generation, Image, utcnow
+from origin.production import run_generation
+from origin.references import resolve_references
 from origin.services import GenerationTicket
 
 STATUSES = ("pending", "processing", "success", "failed")

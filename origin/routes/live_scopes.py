@@ -30,7 +30,7 @@ from origin.envelope import (
     read_json,
     resource,
 )
-from origin.generations import generation_json
+from origin.generation_view import generation_json
 from origin.live_keys import keys_to_regenerate, regenerate_key
 from origin.models import LiveScope, utcnow
 

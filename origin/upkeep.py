@@ -1,0 +1,54 @@
+"""Periodic upkeep of a serving origin: interrupted generations are marked failed, and live
+claims abandoned by a dead process give their key and scope count back."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import timedelta
+
+from sqlalchemy import update
+
+from origin.generations import INTERRUPTED, stale_after_s
+from origin.live import sweep_abandoned_claims
+from origin.models import Generation, utcnow
+from origin.services import Services
+
+log = logging.getLogger("banatie.origin")
+
+
+def start_chores(services: Services) -> None:
+    """Start the sweeps as chores of `services` (cancelled when it closes)."""
+    services.chores.append(asyncio.ensure_future(sweep_interrupted(services)))
+    services.chores.append(asyncio.ensure_future(sweep_abandoned_claims(services)))
+
+
+async def fail_interrupted(services: Services) -> int:
+    """Mark generations whose process died mid-run (SIGKILL, power loss) `failed`, so they do
+    not stay `processing` for ever; they can be retried like any failure."""
+    now = utcnow()
+    cutoff = now - timedelta(seconds=stale_after_s(services.settings))
+    async with services.sessions() as session:
+        result = await session.execute(
+            update(Generation)
+            .where(
+                Generation.status.in_(("pending", "processing")),
+                Generation.updated_at < cutoff,
+            )
+            .values(status="failed", error_message=INTERRUPTED, updated_at=now)
+        )
+        await session.commit()
+    if result.rowcount:
+        log.warning("%d interrupted generation(s) marked failed", result.rowcount)
+    return result.rowcount
+
+
+async def sweep_interrupted(services: Services) -> None:
+    """`fail_interrupted` at start and then every half of the stale time (at most a minute)."""
+    every = min(60.0, stale_after_s(services.settings) / 2)
+    while True:
+        try:
+            await fail_interrupted(services)
+        except Exception:
+            log.warning("could not sweep interrupted generations", exc_info=True)
+        await asyncio.sleep(every)

@@ -1,0 +1,104 @@
+"""The import contract, read from the source with `ast`: no cycle among the project's modules,
+`cache/` imports neither `edge/` nor `origin/`, and only the composition root in `edge/`
+(`edge/cli.py`, `edge/server.py`) imports `origin/`.
+
+Imports inside functions count too: a lazy import still ties the modules together."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGES = ("cache", "edge", "origin")
+# Where the processes are assembled; it leaves edge/ in a later change (issue 14, item 4).
+COMPOSITION_ROOT = {"edge.cli", "edge.server"}
+
+
+def _modules() -> dict[str, Path]:
+    found = {}
+    for package in PACKAGES:
+        for path in (ROOT / package).rglob("*.py"):
+            parts = path.relative_to(ROOT).with_suffix("").parts
+            if parts[-1] == "__init__":
+                parts = parts[:-1]
+            found[".".join(parts)] = path
+    return found
+
+
+MODULES = _modules()
+
+
+def _imported(name: str, path: Path) -> set[str]:
+    """The project modules `name` imports (`from pkg import sub` counts as importing sub)."""
+    is_package = path.name == "__init__.py"
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = name.split(".")
+                base = base[: len(base) - node.level + (1 if is_package else 0)]
+                module = ".".join([*base, node.module] if node.module else base)
+            else:
+                module = node.module or ""
+            names.add(module)
+            names.update(f"{module}.{alias.name}" for alias in node.names)
+    return {m for m in names if m in MODULES and m != name}
+
+
+GRAPH = {name: _imported(name, path) for name, path in MODULES.items()}
+
+
+def _cycle() -> list[str] | None:
+    """One import cycle, as the path of modules around it, or None."""
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+    path: list[str] = []
+
+    def visit(module: str) -> list[str] | None:
+        state[module] = 1
+        path.append(module)
+        for target in sorted(GRAPH[module]):
+            if state.get(target) == 1:
+                return [*path[path.index(target) :], target]
+            if target not in state and (found := visit(target)):
+                return found
+        path.pop()
+        state[module] = 2
+        return None
+
+    for module in sorted(GRAPH):
+        if module not in state and (found := visit(module)):
+            return found
+    return None
+
+
+def test_the_graph_is_read() -> None:
+    # Guards the reader itself: known edges must show up.
+    assert "origin.services" in GRAPH["origin.production"]
+    assert "cache.settings" in GRAPH["cache.index"]
+    assert "cache.index.memory" in GRAPH["cache.index"]  # a lazy import inside a function
+
+
+def test_no_import_cycle() -> None:
+    cycle = _cycle()
+    assert cycle is None, "import cycle: " + " → ".join(cycle or [])
+
+
+def test_cache_imports_neither_edge_nor_origin() -> None:
+    wrong = {
+        module: sorted(t for t in targets if t.split(".")[0] in ("edge", "origin"))
+        for module, targets in GRAPH.items()
+        if module.split(".")[0] == "cache"
+    }
+    assert {m: t for m, t in wrong.items() if t} == {}
+
+
+def test_only_the_composition_root_in_edge_imports_origin() -> None:
+    wrong = {
+        module: sorted(t for t in targets if t.split(".")[0] == "origin")
+        for module, targets in GRAPH.items()
+        if module.split(".")[0] == "edge" and module not in COMPOSITION_ROOT
+    }
+    assert {m: t for m, t in wrong.items() if t} == {}
