@@ -210,6 +210,10 @@ class Coalescer(Generic[T]):
                     return
             except ConnectionError:
                 pass  # Redis down: keep working, the lease may lapse; the origin still guards
+            if asyncio.current_task().cancelling():  # type: ignore[union-attr]
+                # `_lead` cancelled us mid-renew and the Redis client turned the cancel into
+                # an error (or an answer): stop here, or `_lead` waits for us forever.
+                return
 
 
 def _shared(error: BaseException) -> bool:

@@ -126,7 +126,8 @@ async def _sign_url(settings: Settings, args: argparse.Namespace) -> None:
     from urllib.parse import urlsplit
 
     from origin.db import make_engine, migrate, sessions
-    from origin.keys import check_slug, find_project
+    from origin.keys import check_slug
+    from origin.projects import find_project
     from origin.signing import parse_live_url, sign_live_url
 
     org = check_slug(args.org, "--org")

@@ -17,7 +17,8 @@ from edge.app import create_edge
 from edge.disk_cache import open_disk_cache
 from origin.app import create_origin
 from origin.edge_api import InProcessOrigin
-from origin.keys import any_key_exists, any_project_exists, create_key
+from origin.keys import any_key_exists, create_key
+from origin.projects import any_project_exists
 from origin.services import Services, open_services
 from origin.upkeep import start_chores
 

@@ -39,6 +39,12 @@ def live_image(project_id: str):  # type: ignore[no-untyped-def]
     return select(Image).where(Image.project_id == project_id, Image.deleted_at.is_(None))
 
 
+async def live_image_by_id(session: AsyncSession, project_id: str, image_id: str) -> Image | None:
+    """The project's image `image_id` unless deleted."""
+    query = live_image(project_id).where(Image.id == image_id.lower())
+    return (await session.execute(query)).scalar_one_or_none()
+
+
 @dataclass(frozen=True)
 class Resolved:
     alias: str

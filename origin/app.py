@@ -19,11 +19,20 @@ from cache.errors import ApiError, InternalError, NotFound, UpstreamUnavailable,
 from cache.logs import request_id as request_id_var
 from cache.objects import StorageUnavailable
 from cache.settings import Settings
-from origin import edge_api
 from origin.body_limit import BodyLimit
+from origin.edge_api import InProcessOrigin
 from origin.envelope import JSONResponse, ok
 from origin.openapi import DOCS_HTML, openapi_document
-from origin.routes import flows, generations, images, keys, live_scopes, live_signing
+from origin.routes import (
+    flows,
+    generations,
+    images,
+    internal,
+    keys,
+    live_scopes,
+    live_signing,
+)
+from origin.routes.lab import lab_routes
 from origin.services import Services, open_services
 
 log = logging.getLogger("banatie.origin")
@@ -172,7 +181,7 @@ def create_origin(settings: Settings, services: Services | None = None) -> Starl
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         own = services is None
         app.state.services = services if services is not None else await open_services(settings)
-        app.state.edge_origin = edge_api.InProcessOrigin(app.state.services)
+        app.state.edge_origin = InProcessOrigin(app.state.services)
         try:
             yield
         finally:
@@ -191,7 +200,8 @@ def create_origin(settings: Settings, services: Services | None = None) -> Starl
             *live_scopes.routes,
             *live_signing.routes,
             *images.routes,
-            *edge_api.routes,
+            *internal.routes,
+            *lab_routes(settings),
         ],
         exception_handlers={
             ApiError: on_api_error,
@@ -203,7 +213,7 @@ def create_origin(settings: Settings, services: Services | None = None) -> Starl
     )
     if services is not None:
         app.state.services = services
-        app.state.edge_origin = edge_api.InProcessOrigin(services)
+        app.state.edge_origin = InProcessOrigin(services)
     app.add_middleware(RejectNul)
     app.add_middleware(BodyLimit, settings=settings)
     app.add_middleware(RequestId)  # outermost: error answers carry the id too

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import event
+from sqlalchemy import Select, event, func, select
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -60,3 +61,12 @@ async def migrate(engine: AsyncEngine) -> None:
 
     async with engine.begin() as conn:
         await conn.run_sync(upgrade)
+
+
+async def paged(
+    session: AsyncSession, query: Select[Any], limit: int, offset: int, *order: Any
+) -> tuple[list[Any], int]:
+    """One page of `query` in `order`, and the total number of rows it matches."""
+    total = await session.scalar(select(func.count()).select_from(query.subquery()))
+    rows = (await session.execute(query.order_by(*order).limit(limit).offset(offset))).scalars()
+    return list(rows), total or 0

@@ -8,7 +8,6 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, select
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -44,13 +43,6 @@ def page(items: list[Any], total: int, limit: int, offset: int) -> JSONResponse:
             },
         }
     )
-
-
-async def paged(session: Any, query: Any, limit: int, offset: int, *order: Any):  # type: ignore[no-untyped-def]
-    """One page of `query` in `order`, and the total number of rows it matches."""
-    total = await session.scalar(select(func.count()).select_from(query.subquery()))
-    rows = (await session.execute(query.order_by(*order).limit(limit).offset(offset))).scalars()
-    return list(rows), total or 0
 
 
 def iso(value: datetime | None) -> str | None:

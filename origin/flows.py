@@ -9,6 +9,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from cache.errors import FlowHasNoGenerations, FlowNotFound
+from origin.db import paged
 from origin.envelope import is_uuid, iso
 from origin.models import Flow, Generation, Image, utcnow
 
@@ -116,3 +117,11 @@ async def delete_flow(session: AsyncSession, flow: Flow) -> None:
         )
     await session.delete(flow)
     await session.flush()
+
+
+async def list_flows(
+    session: AsyncSession, project_id: str, limit: int, offset: int
+) -> tuple[list[Flow], int]:
+    """A page of the project's flows, newest first, and how many there are."""
+    query = select(Flow).where(Flow.project_id == project_id)
+    return await paged(session, query, limit, offset, Flow.created_at.desc(), Flow.id)

@@ -9,6 +9,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from cache.errors import GenerationNotFound
 from cache.settings import Settings
+from origin.db import paged
 from origin.envelope import is_uuid
 from origin.flows import ensure_flow
 from origin.generation_input import GenerationInput
@@ -95,3 +96,26 @@ async def find_generation(session: AsyncSession, project_id: str, generation_id:
     if generation is None:
         raise GenerationNotFound("Generation not found.")
     return generation
+
+
+async def list_generations(
+    session: AsyncSession,
+    project_id: str,
+    limit: int,
+    offset: int,
+    *,
+    status: str | None = None,
+    flow_id: str | None = None,
+    include_deleted: bool = False,
+) -> tuple[list[Generation], int]:
+    """A page of the project's generations, newest first, and how many match in all."""
+    query = select(Generation).where(Generation.project_id == project_id)
+    if status is not None:
+        query = query.where(Generation.status == status)
+    if flow_id is not None:
+        query = query.where(Generation.flow_id == flow_id)
+    if not include_deleted:
+        query = query.where(Generation.deleted_at.is_(None))
+    return await paged(
+        session, query, limit, offset, Generation.created_at.desc(), Generation.id.desc()
+    )

@@ -14,6 +14,7 @@ from cache.invalidation import Invalidation
 from cache.live_key import image_key, manifest_key
 from cache.objects import ObjectStore
 from origin.aliases import release_image_aliases
+from origin.db import paged
 from origin.envelope import iso
 from origin.imaging import ImageFacts
 from origin.models import Image, LiveEntry, new_id, utcnow
@@ -173,3 +174,27 @@ async def forget_everywhere(services: Services, project: ProjectCtx, event: Inva
         await services.bus.publish(event)
     except Exception:
         log.warning("invalidation bus unavailable for image %s", event.image_id)
+
+
+async def list_images(
+    session: AsyncSession,
+    project_id: str,
+    limit: int,
+    offset: int,
+    *,
+    include_deleted: bool = False,
+    source: str | None = None,
+    flow_id: str | None = None,
+    alias: str | None = None,
+) -> tuple[list[Image], int]:
+    """A page of the project's images, newest first, and how many match in all."""
+    query = select(Image).where(Image.project_id == project_id)
+    if not include_deleted:
+        query = query.where(Image.deleted_at.is_(None))
+    if source is not None:
+        query = query.where(Image.source == source)
+    if flow_id is not None:
+        query = query.where(Image.flow_id == flow_id)
+    if alias is not None:
+        query = query.where(Image.alias == alias)
+    return await paged(session, query, limit, offset, Image.created_at.desc(), Image.id)

@@ -12,8 +12,9 @@ from datetime import datetime, timedelta
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from cache.errors import Forbidden, ProjectNotFound, Unauthorized, ValidationError
+from cache.errors import Forbidden, Unauthorized, ValidationError
 from origin.models import ApiKey, Organization, Project, utcnow
+from origin.projects import ensure_project
 
 KEY_PATTERN = re.compile(r"bnt_[0-9a-f]{64}")
 SLUG_PATTERN = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")  # use with fullmatch
@@ -99,40 +100,6 @@ def check_slug(value: object, field: str) -> str:
     return value
 
 
-async def ensure_project(session: AsyncSession, org_slug: str, project_slug: str) -> Project:
-    """The project `org_slug/project_slug`, created with its organization when missing."""
-    org = (
-        await session.execute(select(Organization).where(Organization.slug == org_slug))
-    ).scalar_one_or_none()
-    if org is None:
-        org = Organization(slug=org_slug)
-        session.add(org)
-        await session.flush()
-    project = (
-        await session.execute(
-            select(Project).where(Project.organization_id == org.id, Project.slug == project_slug)
-        )
-    ).scalar_one_or_none()
-    if project is None:
-        project = Project(organization_id=org.id, slug=project_slug)
-        session.add(project)
-        await session.flush()
-    return project
-
-
-async def find_project(session: AsyncSession, org_slug: str, project_slug: str) -> Project:
-    project = (
-        await session.execute(
-            select(Project)
-            .join(Organization, Organization.id == Project.organization_id)
-            .where(Organization.slug == org_slug, Project.slug == project_slug)
-        )
-    ).scalar_one_or_none()
-    if project is None:
-        raise ProjectNotFound("No such project.")
-    return project
-
-
 @dataclass(frozen=True)
 class CreatedKey:
     row: ApiKey
@@ -180,5 +147,13 @@ async def any_key_exists(session: AsyncSession) -> bool:
     return bool(await session.scalar(select(func.count()).select_from(ApiKey)))
 
 
-async def any_project_exists(session: AsyncSession) -> bool:
-    return bool(await session.scalar(select(func.count()).select_from(Project)))
+async def list_keys(session: AsyncSession) -> list[tuple[ApiKey, str | None, str | None]]:
+    """Every key with its organization and project slugs (None for a master key), newest
+    first."""
+    rows = await session.execute(
+        select(ApiKey, Organization.slug, Project.slug)
+        .outerjoin(Organization, Organization.id == ApiKey.organization_id)
+        .outerjoin(Project, Project.id == ApiKey.project_id)
+        .order_by(ApiKey.created_at.desc())
+    )
+    return [(key, org, project) for key, org, project in rows]

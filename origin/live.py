@@ -18,8 +18,6 @@ from cache.errors import (
     ApiError,
     GatewayTimeout,
     GenerationFailed,
-    ScopeGenerationsDisabled,
-    ScopeLimitReached,
     ValidationError,
 )
 from cache.index import LiveRecord
@@ -28,8 +26,9 @@ from origin.budgets import spend_ip_budget, spend_key_budget
 from origin.generation_input import GenerationInput, check_prompt, check_ratio, check_template
 from origin.generations import INTERRUPTED, add_generation
 from origin.images import ProjectCtx, image_record
-from origin.models import Generation, Image, LiveEntry, LiveScope, new_id, utcnow
+from origin.models import Generation, Image, LiveEntry, new_id, utcnow
 from origin.production import AlsoInTransaction, produce
+from origin.scopes import count_scope, uncount_scope
 from origin.services import Services
 
 log = logging.getLogger("banatie.origin")
@@ -119,7 +118,9 @@ async def _start(
         held.callback(ticket.release)
         await ticket.start()
         if params.scope:
-            await _count_scope(session, services, params.project_id, params.scope)
+            await count_scope(
+                session, params.project_id, params.scope, services.settings.default_scope_limit
+            )
         budget = await _admit(services, params)
         generation = await add_generation(
             session,
@@ -233,7 +234,7 @@ async def _claim(
             await session.rollback()
             return False
         if took_over:
-            await _abandon(session, *abandoned)
+            await abandon_claim(session, *abandoned)
         return True
     if entry.status == "failed":
         raise GenerationFailed(
@@ -253,74 +254,7 @@ async def _admit(services: Services, params: LiveParams) -> BudgetState | None:
     return None
 
 
-async def ensure_scope(session: AsyncSession, services: Services, project_id: str, slug: str):  # type: ignore[no-untyped-def]
-    scope = (
-        await session.execute(
-            select(LiveScope).where(LiveScope.project_id == project_id, LiveScope.slug == slug)
-        )
-    ).scalar_one_or_none()
-    if scope is not None:
-        return scope
-    try:
-        async with session.begin_nested():
-            scope = LiveScope(
-                project_id=project_id,
-                slug=slug,
-                new_generations_limit=services.settings.default_scope_limit,
-                meta={},
-            )
-            session.add(scope)
-    except IntegrityError:
-        scope = (
-            await session.execute(
-                select(LiveScope).where(LiveScope.project_id == project_id, LiveScope.slug == slug)
-            )
-        ).scalar_one()
-    return scope
-
-
-async def _count_scope(
-    session: AsyncSession, services: Services, project_id: str, slug: str
-) -> None:
-    """Take one of the scope's new generations atomically (auto-creating the scope)."""
-    taken = await session.execute(
-        update(LiveScope)
-        .where(
-            LiveScope.project_id == project_id,
-            LiveScope.slug == slug,
-            LiveScope.allow_new_generations.is_(True),
-            LiveScope.current_generations < LiveScope.new_generations_limit,
-        )
-        .values(
-            current_generations=LiveScope.current_generations + 1,
-            last_generated_at=utcnow(),
-            updated_at=utcnow(),
-        )
-    )
-    if taken.rowcount == 1:  # the common case: one statement
-        return
-    scope = await ensure_scope(session, services, project_id, slug)
-    if not scope.allow_new_generations:
-        raise ScopeGenerationsDisabled(f"Scope {slug} does not allow new generations.")
-    result = await session.execute(
-        update(LiveScope)
-        .where(
-            LiveScope.id == scope.id,
-            LiveScope.current_generations < LiveScope.new_generations_limit,
-        )
-        .values(
-            current_generations=LiveScope.current_generations + 1,
-            last_generated_at=utcnow(),
-            updated_at=utcnow(),
-        )
-    )
-    if result.rowcount != 1:
-        raise ScopeLimitReached(
-            f"Scope {slug} has reached its limit of {scope.new_generations_limit} images."
-        )
-
-
-async def _abandon(
+async def abandon_claim(
     session: AsyncSession, project_id: str, scope: str, generation_id: str | None
 ) -> None:
     """A claim whose process died (its `pending` row untouched for two leases) was just taken
@@ -332,64 +266,7 @@ async def _abandon(
         .values(status="failed", error_message=INTERRUPTED, updated_at=utcnow()),
         execution_options={"synchronize_session": False},
     )
-    await _uncount_scope(session, project_id, scope)
-
-
-async def _uncount_scope(session: AsyncSession, project_id: str, slug: str) -> None:
-    """Give back the count a claim took (only scoped claims took one)."""
-    if not slug:
-        return
-    await session.execute(
-        update(LiveScope)
-        .where(
-            LiveScope.project_id == project_id,
-            LiveScope.slug == slug,
-            LiveScope.current_generations > 0,
-        )
-        .values(current_generations=LiveScope.current_generations - 1)
-    )
-
-
-async def release_abandoned_claims(services: Services) -> int:
-    """Claims left `pending` by a process that died, for keys nobody asked for again: free
-    the key, fail the generation, give the scope count back."""
-    cutoff = utcnow() - timedelta(milliseconds=services.settings.lock_lease_ms * 2)
-    released = 0
-    async with services.sessions() as session:
-        stale = (
-            await session.execute(
-                select(LiveEntry).where(
-                    LiveEntry.status == "pending", LiveEntry.updated_at <= cutoff
-                )
-            )
-        ).scalars()
-        for entry in list(stale):
-            abandoned = (entry.project_id, entry.scope, entry.generation_id)
-            gone = await session.execute(
-                delete(LiveEntry).where(
-                    LiveEntry.id == entry.id,
-                    LiveEntry.status == "pending",
-                    LiveEntry.updated_at == entry.updated_at,  # not renewed or taken meanwhile
-                )
-            )
-            if gone.rowcount == 1:
-                await _abandon(session, *abandoned)
-                released += 1
-        await session.commit()
-    if released:
-        log.warning("%d abandoned live claim(s) released", released)
-    return released
-
-
-async def sweep_abandoned_claims(services: Services) -> None:
-    """`release_abandoned_claims` at start and then every two leases."""
-    every = services.settings.lock_lease_ms * 2 / 1000
-    while True:
-        try:
-            await release_abandoned_claims(services)
-        except Exception:
-            log.warning("could not sweep abandoned live claims", exc_info=True)
-        await asyncio.sleep(every)
+    await uncount_scope(session, project_id, scope)
 
 
 async def _set_entry(services: Services, key: LiveKey, **values: Any) -> None:
@@ -431,7 +308,7 @@ async def _release(services: Services, key: LiveKey, generation_id: str, failed:
             else:
                 ended = await session.execute(delete(LiveEntry).where(*ours))
             if ended.rowcount == 1:
-                await _uncount_scope(session, key.project_id, key.scope)
+                await uncount_scope(session, key.project_id, key.scope)
             await session.commit()
     except Exception:
         log.exception("could not release live key %s", key.digest)

@@ -7,11 +7,11 @@ import asyncio
 import logging
 from datetime import timedelta
 
-from sqlalchemy import update
+from sqlalchemy import delete, select, update
 
 from origin.generations import INTERRUPTED, stale_after_s
-from origin.live import sweep_abandoned_claims
-from origin.models import Generation, utcnow
+from origin.live import abandon_claim
+from origin.models import Generation, LiveEntry, utcnow
 from origin.services import Services
 
 log = logging.getLogger("banatie.origin")
@@ -51,4 +51,46 @@ async def sweep_interrupted(services: Services) -> None:
             await fail_interrupted(services)
         except Exception:
             log.warning("could not sweep interrupted generations", exc_info=True)
+        await asyncio.sleep(every)
+
+
+async def release_abandoned_claims(services: Services) -> int:
+    """Claims left `pending` by a process that died, for keys nobody asked for again: free
+    the key, fail the generation, give the scope count back."""
+    cutoff = utcnow() - timedelta(milliseconds=services.settings.lock_lease_ms * 2)
+    released = 0
+    async with services.sessions() as session:
+        stale = (
+            await session.execute(
+                select(LiveEntry).where(
+                    LiveEntry.status == "pending", LiveEntry.updated_at <= cutoff
+                )
+            )
+        ).scalars()
+        for entry in list(stale):
+            abandoned = (entry.project_id, entry.scope, entry.generation_id)
+            gone = await session.execute(
+                delete(LiveEntry).where(
+                    LiveEntry.id == entry.id,
+                    LiveEntry.status == "pending",
+                    LiveEntry.updated_at == entry.updated_at,  # not renewed or taken meanwhile
+                )
+            )
+            if gone.rowcount == 1:
+                await abandon_claim(session, *abandoned)
+                released += 1
+        await session.commit()
+    if released:
+        log.warning("%d abandoned live claim(s) released", released)
+    return released
+
+
+async def sweep_abandoned_claims(services: Services) -> None:
+    """`release_abandoned_claims` at start and then every two leases."""
+    every = services.settings.lock_lease_ms * 2 / 1000
+    while True:
+        try:
+            await release_abandoned_claims(services)
+        except Exception:
+            log.warning("could not sweep abandoned live claims", exc_info=True)
         await asyncio.sleep(every)

@@ -114,7 +114,8 @@ async def test_storage_outage_serves_l1_hits_and_answers_503_for_the_rest(
         storage = await new_bucket(moto.endpoint)
         store = s3_store_for(moto.endpoint, storage["S3_BUCKET"])
         env = deployment_env(gemini, DATABASE_URL=postgres_database, REDIS_URL=redis_url, **storage)
-        with deployed(tmp_path, env, edges=2) as d:
+        hosts = [{"DISK_CACHE_DIR": str(tmp_path / f"disk-{n}")} for n in range(2)]  # 2 hosts
+        with deployed(tmp_path, env, edges=2, edge_env=hosts) as d:
             warm, cold = d.edges
             path = live_path(f"kept through a storage outage {time.time_ns()}")
             async with client() as http:

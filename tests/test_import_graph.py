@@ -102,3 +102,21 @@ def test_only_the_composition_root_in_edge_imports_origin() -> None:
         if module.split(".")[0] == "edge" and module not in COMPOSITION_ROOT
     }
     assert {m: t for m, t in wrong.items() if t} == {}
+
+
+def test_routes_hold_no_sql() -> None:
+    # Queries live in the data-layer modules (origin/generations.py, origin/images.py, ...);
+    # a route reads the request, calls them and renders the answer.
+    wrong = {}
+    for path in sorted((ROOT / "origin" / "routes").glob("*.py")):
+        tree = ast.parse(path.read_text(), str(path))
+        used = {
+            alias.name if isinstance(node, ast.Import) else node.module or ""
+            for node in ast.walk(tree)
+            if isinstance(node, ast.Import | ast.ImportFrom)
+            for alias in node.names
+        }
+        sql = sorted(m for m in used if m.split(".")[0] == "sqlalchemy")
+        if sql:
+            wrong[path.name] = sql
+    assert wrong == {}

@@ -290,8 +290,9 @@ async def test_losing_redis_costs_a_storage_read_never_a_generation(
 ) -> None:
     url = redis_server.url
     env = deployment_env(gemini, DATABASE_URL=postgres_database, REDIS_URL=url)
-    # The second edge keeps nothing in its L1, so each of its hits goes to Redis or storage.
-    no_l1 = {"L1_MAX_ENTRY_BYTES": "1"}
+    # The second edge keeps nothing in its L1 (nor on disk), so each of its hits goes to
+    # Redis or storage.
+    no_l1 = {"L1_MAX_ENTRY_BYTES": "1", "DISK_CACHE_BYTES": "0"}
     with deployed(tmp_path, env, edges=2, edge_env=[{}, no_l1]) as d:
         a, b = d.edges
         run = time.time_ns()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import time
 from pathlib import Path
 
 import pytest
@@ -222,7 +221,6 @@ async def test_s3_get_from_a_missing_bucket_is_storage_unavailable(s3_endpoint: 
 
 async def test_s3_unreachable_endpoint_is_storage_unavailable() -> None:
     store = s3_store_for(f"http://127.0.0.1:{free_port()}", "images")
-    began = time.monotonic()
     try:
         with pytest.raises(StorageUnavailable, match="images"):
             await store.check()
@@ -232,7 +230,6 @@ async def test_s3_unreachable_endpoint_is_storage_unavailable() -> None:
             await collect(store, "a.png")
     finally:
         await store.close()
-    assert time.monotonic() - began < 30
 
 
 async def test_s3_create_bucket_is_idempotent(s3_store: S3Store) -> None:

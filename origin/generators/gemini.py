@@ -92,7 +92,12 @@ class GeminiGenerator:
     name = "gemini"
 
     def __init__(
-        self, settings: Settings, *, backoff_s: float = 0.5, api_version: str | None = None
+        self,
+        settings: Settings,
+        *,
+        backoff_s: float = 0.5,
+        api_version: str | None = None,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,  # waits between retries
     ) -> None:
         if not settings.gemini_api_key:
             raise ValueError("GEMINI_API_KEY is required for the gemini generator")
@@ -102,6 +107,7 @@ class GeminiGenerator:
         self._timeout_s = settings.generation_timeout_s
         self._retries = max(0, settings.generation_retries)
         self._backoff_s = backoff_s
+        self._sleep = sleep
         self._client = genai.Client(
             vertexai=False,
             api_key=settings.gemini_api_key,
@@ -203,7 +209,7 @@ class GeminiGenerator:
             delay = min(max(delay * random.uniform(0.5, 1.0), server_delay), _MAX_BACKOFF_S)
             attempt += 1
             log.info("gemini: %s; retry %d/%d in %.2f s", failure, attempt, self._retries, delay)
-            await asyncio.sleep(delay)
+            await self._sleep(delay)
 
     def _scrub(self, message: str) -> str:
         return message.replace(self._api_key, "***") if self._api_key else message

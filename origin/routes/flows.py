@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-from sqlalchemy import select
 from starlette.requests import Request
 from starlette.responses import Response
 
 from cache.errors import AliasNotFound, ValidationError
-from origin.aliases import check_alias, live_image
+from origin.aliases import check_alias, live_image_by_id
 from origin.auth import project_of, services_of
-from origin.envelope import is_uuid, meta_field, ok, page, paged, pagination, read_json, resource
-from origin.flows import delete_flow, find_flow, flow_json, newest_generation
+from origin.envelope import is_uuid, meta_field, ok, page, pagination, read_json, resource
+from origin.flows import delete_flow, find_flow, flow_json, list_flows, newest_generation
 from origin.generation_view import generation_json
-from origin.images import image_json
-from origin.models import Flow, Generation, Image, utcnow
+from origin.generations import list_generations
+from origin.images import image_json, list_images
+from origin.models import Flow, utcnow
 from origin.routes.generations import regenerate_generation
 
 
@@ -36,9 +36,8 @@ async def list_(request: Request) -> Response:
     services = services_of(request)
     project = await project_of(request)
     limit, offset = pagination(request)
-    query = select(Flow).where(Flow.project_id == project.project_id)
     async with services.sessions() as session:
-        rows, total = await paged(session, query, limit, offset, Flow.created_at.desc(), Flow.id)
+        rows, total = await list_flows(session, project.project_id, limit, offset)
         items = [await flow_json(session, flow) for flow in rows]
     return page(items, total, limit, offset)
 
@@ -57,13 +56,8 @@ async def generations(request: Request) -> Response:
     limit, offset = pagination(request)
     async with services.sessions() as session:
         flow = await find_flow(session, project.project_id, request.path_params["id"])
-        query = select(Generation).where(
-            Generation.project_id == flow.project_id,
-            Generation.flow_id == flow.id,
-            Generation.deleted_at.is_(None),
-        )
-        rows, total = await paged(
-            session, query, limit, offset, Generation.created_at.desc(), Generation.id
+        rows, total = await list_generations(
+            session, flow.project_id, limit, offset, flow_id=flow.id
         )
         items = [
             await generation_json(session, g, project, services.settings.public_url) for g in rows
@@ -77,8 +71,7 @@ async def images(request: Request) -> Response:
     limit, offset = pagination(request)
     async with services.sessions() as session:
         flow = await find_flow(session, project.project_id, request.path_params["id"])
-        query = live_image(project.project_id).where(Image.flow_id == flow.id)
-        rows, total = await paged(session, query, limit, offset, Image.created_at.desc(), Image.id)
+        rows, total = await list_images(session, project.project_id, limit, offset, flow_id=flow.id)
         items = [image_json(i, project, services.settings.public_url) for i in rows]
     return page(items, total, limit, offset)
 
@@ -99,11 +92,7 @@ async def put_aliases(request: Request) -> Response:
                 raise ValidationError(
                     f"aliases.{alias} must be an image id.", field=f"aliases.{alias}"
                 )
-            image = (
-                await session.execute(
-                    live_image(project.project_id).where(Image.id == image_id.lower())
-                )
-            ).scalar_one_or_none()
+            image = await live_image_by_id(session, project.project_id, image_id)
             if image is None:
                 raise ValidationError(
                     f"Image {image_id} does not exist in this project.", field=f"aliases.{alias}"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from sqlalchemy import select
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -15,7 +14,6 @@ from origin.envelope import (
     ok,
     optional_bool,
     page,
-    paged,
     pagination,
     query_bool,
     read_json,
@@ -30,9 +28,9 @@ from origin.generation_input import (
     parse_generation,
 )
 from origin.generation_view import generation_json
-from origin.generations import add_generation, find_generation
+from origin.generations import add_generation, find_generation, list_generations
 from origin.images import ProjectCtx, forget_everywhere, soft_delete_image
-from origin.models import Generation, Image, utcnow
+from origin.models import Image, utcnow
 from origin.production import run_generation
 from origin.references import resolve_references
 from origin.services import GenerationTicket
@@ -111,22 +109,23 @@ async def list_(request: Request) -> Response:
     services = services_of(request)
     project = await project_of(request)
     limit, offset = pagination(request)
-    query = select(Generation).where(Generation.project_id == project.project_id)
     status = request.query_params.get("status")
-    if status is not None:
-        if status not in STATUSES:
-            raise ValidationError(f"status must be one of {', '.join(STATUSES)}.", field="status")
-        query = query.where(Generation.status == status)
+    if status is not None and status not in STATUSES:
+        raise ValidationError(f"status must be one of {', '.join(STATUSES)}.", field="status")
     flow_id = request.query_params.get("flowId")
     if flow_id is not None:
         if not is_uuid(flow_id):
             raise ValidationError("flowId must be a UUID.", field="flowId")
-        query = query.where(Generation.flow_id == flow_id.lower())
-    if not query_bool(request, "includeDeleted"):
-        query = query.where(Generation.deleted_at.is_(None))
+        flow_id = flow_id.lower()
     async with services.sessions() as session:
-        rows, total = await paged(
-            session, query, limit, offset, Generation.created_at.desc(), Generation.id.desc()
+        rows, total = await list_generations(
+            session,
+            project.project_id,
+            limit,
+            offset,
+            status=status,
+            flow_id=flow_id,
+            include_deleted=query_bool(request, "includeDeleted"),
         )
         items = [
             await generation_json(session, g, project, services.settings.public_url) for g in rows

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from sqlalchemy import select
 from starlette.datastructures import UploadFile
 from starlette.requests import Request
 from starlette.responses import Response
@@ -28,7 +27,6 @@ from origin.envelope import (
     meta_field,
     ok,
     page,
-    paged,
     pagination,
     parse_json,
     query_bool,
@@ -40,13 +38,14 @@ from origin.images import (
     aliases_moved,
     forget_everywhere,
     image_json,
+    list_images,
     new_image,
     record_changed,
     soft_delete_image,
     store_image,
 )
 from origin.imaging import inspect_image_async
-from origin.models import Image, new_id, utcnow
+from origin.models import new_id, utcnow
 
 SOURCES = ("generated", "uploaded")
 
@@ -131,22 +130,21 @@ async def list_(request: Request) -> Response:
     services = services_of(request)
     project = await project_of(request)
     limit, offset = pagination(request)
-    query = select(Image).where(Image.project_id == project.project_id)
-    if not query_bool(request, "includeDeleted"):
-        query = query.where(Image.deleted_at.is_(None))
     source = request.query_params.get("source")
-    if source is not None:
-        if source not in SOURCES:
-            raise ValidationError("source must be generated or uploaded.", field="source")
-        query = query.where(Image.source == source)
+    if source is not None and source not in SOURCES:
+        raise ValidationError("source must be generated or uploaded.", field="source")
     flow_id = _query_flow_id(request)
-    if flow_id is not None:
-        query = query.where(Image.flow_id == flow_id)
-    alias = request.query_params.get("alias")
-    if alias is not None:
-        query = query.where(Image.alias == alias)
     async with services.sessions() as session:
-        rows, total = await paged(session, query, limit, offset, Image.created_at.desc(), Image.id)
+        rows, total = await list_images(
+            session,
+            project.project_id,
+            limit,
+            offset,
+            include_deleted=query_bool(request, "includeDeleted"),
+            source=source,
+            flow_id=flow_id,
+            alias=request.query_params.get("alias"),
+        )
         items = [image_json(i, project, services.settings.public_url) for i in rows]
     return page(items, total, limit, offset)
 

@@ -6,7 +6,6 @@ import hmac
 import ipaddress
 from typing import Any
 
-from sqlalchemy import select
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -16,8 +15,8 @@ from cache.invalidation import Invalidation
 from cache.settings import Settings
 from origin.auth import master_of, services_of
 from origin.envelope import iso, ok, optional_int, optional_str, path_uuid, read_json, resource
-from origin.keys import CreatedKey, any_key_exists, check_slug, create_key
-from origin.models import ApiKey, Organization, Project, utcnow
+from origin.keys import CreatedKey, any_key_exists, check_slug, create_key, list_keys
+from origin.models import ApiKey, utcnow
 
 
 def created_json(created: CreatedKey) -> dict[str, Any]:
@@ -115,12 +114,7 @@ async def list_(request: Request) -> Response:
     services = services_of(request)
     await master_of(request)
     async with services.sessions() as session:
-        rows = await session.execute(
-            select(ApiKey, Organization.slug, Project.slug)
-            .outerjoin(Organization, Organization.id == ApiKey.organization_id)
-            .outerjoin(Project, Project.id == ApiKey.project_id)
-            .order_by(ApiKey.created_at.desc())
-        )
+        rows = await list_keys(session)
         items = [
             {
                 "id": key.id,

@@ -4,16 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError
 from starlette.requests import Request
 from starlette.responses import Response
 
 from cache.errors import (
     ApiError,
-    ScopeAlreadyExists,
     ScopeInvalidFormat,
-    ScopeNotFound,
     ValidationError,
 )
 from cache.live_key import SCOPE_PATTERN
@@ -25,7 +21,6 @@ from origin.envelope import (
     optional_bool,
     optional_int,
     page,
-    paged,
     pagination,
     read_json,
     resource,
@@ -33,6 +28,7 @@ from origin.envelope import (
 from origin.generation_view import generation_json
 from origin.live_keys import keys_to_regenerate, regenerate_key
 from origin.models import LiveScope, utcnow
+from origin.scopes import add_scope, find_scope, list_scopes
 
 
 def scope_json(scope: LiveScope) -> dict[str, Any]:
@@ -47,17 +43,6 @@ def scope_json(scope: LiveScope) -> dict[str, Any]:
         "createdAt": iso(scope.created_at),
         "updatedAt": iso(scope.updated_at),
     }
-
-
-async def _find(session, project_id: str, slug: str) -> LiveScope:  # type: ignore[no-untyped-def]
-    scope = (
-        await session.execute(
-            select(LiveScope).where(LiveScope.project_id == project_id, LiveScope.slug == slug)
-        )
-    ).scalar_one_or_none()
-    if scope is None:
-        raise ScopeNotFound(f"No live scope {slug}.")
-    return scope
 
 
 async def create(request: Request) -> Response:
@@ -77,11 +62,7 @@ async def create(request: Request) -> Response:
         meta=meta_field(body, services.settings.max_meta_bytes) or {},
     )
     async with services.sessions() as session:
-        session.add(scope)
-        try:
-            await session.commit()
-        except IntegrityError:
-            raise ScopeAlreadyExists(f"The scope {slug} already exists.") from None
+        await add_scope(session, scope)
         return ok(scope_json(scope), 201)
 
 
@@ -89,11 +70,8 @@ async def list_(request: Request) -> Response:
     services = services_of(request)
     project = await project_of(request)
     limit, offset = pagination(request)
-    query = select(LiveScope).where(LiveScope.project_id == project.project_id)
     async with services.sessions() as session:
-        rows, total = await paged(
-            session, query, limit, offset, LiveScope.created_at.desc(), LiveScope.id
-        )
+        rows, total = await list_scopes(session, project.project_id, limit, offset)
         return page([scope_json(s) for s in rows], total, limit, offset)
 
 
@@ -101,7 +79,9 @@ async def get(request: Request) -> Response:
     services = services_of(request)
     project = await project_of(request)
     async with services.sessions() as session:
-        return ok(scope_json(await _find(session, project.project_id, request.path_params["slug"])))
+        return ok(
+            scope_json(await find_scope(session, project.project_id, request.path_params["slug"]))
+        )
 
 
 async def update(request: Request) -> Response:
@@ -110,7 +90,7 @@ async def update(request: Request) -> Response:
     body = await read_json(request, services.settings.max_body_bytes)
     meta = meta_field(body, services.settings.max_meta_bytes)
     async with services.sessions() as session:
-        scope = await _find(session, project.project_id, request.path_params["slug"])
+        scope = await find_scope(session, project.project_id, request.path_params["slug"])
         if "allowNewGenerations" in body:
             scope.allow_new_generations = optional_bool(
                 body, "allowNewGenerations", scope.allow_new_generations
@@ -130,7 +110,7 @@ async def delete(request: Request) -> Response:
     services = services_of(request)
     project = await project_of(request)
     async with services.sessions() as session:
-        scope = await _find(session, project.project_id, request.path_params["slug"])
+        scope = await find_scope(session, project.project_id, request.path_params["slug"])
         await session.delete(scope)
         await session.commit()
     return ok({"id": scope.id, "slug": scope.slug})
@@ -147,7 +127,7 @@ async def regenerate(request: Request) -> Response:
         raise ValidationError("imageId must be an image id.", field="imageId")
     slug = request.path_params["slug"]
     async with services.sessions() as session:
-        await _find(session, project.project_id, slug)
+        await find_scope(session, project.project_id, slug)
         keys = await keys_to_regenerate(session, project.project_id, slug, image_id)
     burst = services.settings.key_rate.burst
     if 0 < burst < len(keys):
