@@ -79,8 +79,9 @@ class ResponseCache:
 
     def put(self, key: str, entry: Entry) -> bool:
         """Insert (or replace) `key`; False when the entry is too large to be kept."""
-        entry.wire = _wire(entry.headers)
-        entry.wire_not_modified = _wire(entry.not_modified_headers)
+        if not entry.wire:  # an entry from the disk tier comes with its lines
+            entry.wire = _wire(entry.headers)
+            entry.wire_not_modified = _wire(entry.not_modified_headers)
         entry.cost = _cost(key, entry)
         if len(entry.body) > self.max_entry_bytes or entry.cost > self.max_bytes:
             self.drop(key)

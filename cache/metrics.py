@@ -166,6 +166,8 @@ _READ_AT_SCRAPE = (
      "Disk cache entries this process evicted to keep DISK_CACHE_BYTES."),
     ("disk_repairs", "banatie_disk_cache_repairs", CounterMetricFamily,
      "Torn or truncated disk cache files found, removed and not served."),
+    ("disk_thread_reads", "banatie_disk_cache_thread_reads", CounterMetricFamily,
+     "Disk cache hits read on a thread: the file was not in the page cache."),
     ("origin_in_flight", "banatie_origin_generations_in_flight", GaugeMetricFamily,
      "Generations running at the origin."),
     ("fast_path", "banatie_fast_path_responses", CounterMetricFamily,

@@ -257,6 +257,7 @@ class Edge:
                 ("disk_entries", lambda: disk.entries),
                 ("disk_evictions", lambda: disk.evictions),
                 ("disk_repairs", lambda: disk.repairs),
+                ("disk_thread_reads", lambda: disk.thread_reads),
             ):
                 self.metrics.read(name, read)
 

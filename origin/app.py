@@ -11,7 +11,7 @@ from sqlalchemy import text
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, Response
+from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -19,10 +19,11 @@ from cache.errors import ApiError, InternalError, NotFound, UpstreamUnavailable,
 from cache.logs import request_id as request_id_var
 from cache.objects import StorageUnavailable
 from cache.settings import Settings
+from origin import docs
 from origin.body_limit import BodyLimit
 from origin.edge_api import InProcessOrigin
 from origin.envelope import JSONResponse, ok
-from origin.openapi import DOCS_HTML, openapi_document
+from origin.openapi import openapi_document
 from origin.routes import (
     flows,
     generations,
@@ -170,10 +171,6 @@ async def openapi(request: Request) -> Response:
     return JSONResponse(openapi_document(settings.public_url, settings.max_variant_dimension))
 
 
-async def docs(request: Request) -> Response:
-    return HTMLResponse(DOCS_HTML)
-
-
 def create_origin(settings: Settings, services: Services | None = None) -> Starlette:
     """The origin app. Without `services` it opens them from settings at startup."""
 
@@ -193,7 +190,7 @@ def create_origin(settings: Settings, services: Services | None = None) -> Starl
             Route("/health", health),
             Route("/ready", ready),
             Route("/openapi.json", openapi),
-            Route("/docs", docs),
+            *docs.routes,
             *keys.routes,
             *generations.routes,
             *flows.routes,

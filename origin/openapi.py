@@ -1,4 +1,4 @@
-"""The OpenAPI 3 document of every route (the edge's image routes too), and a viewer."""
+"""The OpenAPI 3 document of every route (the edge's image routes too); /docs shows it."""
 
 from __future__ import annotations
 
@@ -645,25 +645,3 @@ def openapi_document(public_url: str, max_variant_dimension: int = 4096) -> dict
         },
         "paths": paths,
     }
-
-
-DOCS_HTML = """<!doctype html>
-<html><head><meta charset="utf-8"><title>banatie API</title>
-<style>body{font:14px system-ui;margin:2em;max-width:60em}code{background:#eee;padding:0 .3em}
-h2{margin-top:1.5em}li{margin:.2em 0}</style></head>
-<body><h1>banatie API</h1><p>The machine-readable document is at
-<a href="/openapi.json"><code>/openapi.json</code></a>.</p><div id="routes"></div>
-<script>
-fetch('/openapi.json').then(r => r.json()).then(doc => {
-  const out = document.getElementById('routes');
-  for (const [path, ops] of Object.entries(doc.paths)) {
-    for (const [method, op] of Object.entries(ops)) {
-      const li = document.createElement('li');
-      li.innerHTML = '<code>' + method.toUpperCase() + ' ' + path + '</code> ';
-      li.appendChild(document.createTextNode(op.summary));
-      out.appendChild(li);
-    }
-  }
-});
-</script></body></html>
-"""
