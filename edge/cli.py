@@ -192,8 +192,9 @@ def main(argv: list[str] | None = None) -> int:
             os.environ["PORT"] = str(args.port)
     try:
         settings = Settings.from_env()
-    except SettingsError as exc:
-        parser.error(str(exc))
+    except SettingsError as exc:  # a bad environment, not a bad command line: no usage text
+        print(f"banatie: {exc}", file=sys.stderr)
+        return 2
     configure_logging(settings.log_level, settings.log_format)
     if args.command in ("serve", "origin", "edge"):
         target = {

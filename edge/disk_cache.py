@@ -144,6 +144,7 @@ class DiskCache:
         self._submitted = 0  # writes queued (event loop) …
         self._completed = 0  # … and done (writer thread)
         self._tmp_names = itertools.count()
+        self._warned_at = -60.0
         self._tasks: list[asyncio.Task[None]] = []
         self._sweeper: threading.Thread | None = None
         self._following: tuple[Any, Callable[[], bool]] | None = None  # (redis, following)
@@ -363,7 +364,9 @@ class DiskCache:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
             self._forget_if_missing(digest)
-            log.warning("disk cache: entry not kept (%s)", e)
+            if time.monotonic() - self._warned_at > 60:  # a full disk says so once a minute
+                self._warned_at = time.monotonic()
+                log.warning("disk cache: entry not kept (%s)", e)
             return
         # Another worker may have evicted the row meanwhile: then the file goes too.
         if self._db_().execute("SELECT 1 FROM entries WHERE hash = ?", (digest,)).fetchone():
@@ -622,7 +625,10 @@ class DiskCache:
         if self._trust_from_ns != 0 or not following():
             return
         try:
-            seconds, micros = await redis.time()
+            now = await redis.time()
+            if isinstance(now, dict):  # a cluster client asks one node and says which
+                now = next(iter(now.values()))
+            seconds, micros = now
             epoch = await redis.get(EPOCH_KEY)
         except Exception as e:  # Redis errors: the next beat records it
             log.debug("disk cache: position not recorded: %s", e)

@@ -58,6 +58,7 @@ PAGE = """<!doctype html>
   <link rel="icon" type="image/png" href="/docs/assets/favicon-32x32.png">
 </head>
 <body>
+  <noscript>The OpenAPI document is at <a href="/openapi.json">/openapi.json</a>.</noscript>
   <div id="swagger-ui"></div>
   <script src="/docs/assets/swagger-ui-bundle.js"></script>
   <script src="/docs/assets/init.js"></script>
