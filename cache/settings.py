@@ -467,7 +467,7 @@ class Settings:
     log_level: str = setting(
         "info",
         "LOG_LEVEL",
-        "`debug`, `info`, `warning`, `error`.",
+        "`debug`, `info`, `warning`, `error`, `critical`.",
         parse=_choice(*LOG_LEVELS),
     )
     log_format: str = setting(
@@ -539,6 +539,12 @@ class Settings:
             assert isinstance(host, str) and isinstance(port, int)
             values["public_url"] = local_url(host, port)
         return cls(**values)  # type: ignore[arg-type]
+
+
+# A plain field would have no variable, parser or README row: say so at import, by name.
+_undeclared = [f.name for f in fields(Settings) if "env" not in f.metadata]
+if _undeclared:
+    raise TypeError(f"Settings fields not declared with setting(): {', '.join(_undeclared)}")
 
 
 def readme_table() -> str:
