@@ -13,7 +13,10 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:  # redis is imported only where a Redis URL is set
+    from redis.asyncio import Redis, RedisCluster
 
 HOUR_MS = 3_600_000
 PRUNE_EVERY = 1024  # takes between sweeps of the in-process buckets that are full again
@@ -129,7 +132,7 @@ class RedisBudget:
     While Redis is down each process counts on its own, so budgets stay enforced (per
     process) instead of failing."""
 
-    def __init__(self, redis) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, redis: Redis | RedisCluster) -> None:
         self._script = redis.register_script(_TAKE)
         self._local = MemoryBudget()
 

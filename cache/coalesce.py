@@ -210,7 +210,9 @@ class Coalescer(Generic[T]):
                     return
             except ConnectionError:
                 pass  # Redis down: keep working, the lease may lapse; the origin still guards
-            if asyncio.current_task().cancelling():  # type: ignore[union-attr]
+            current = asyncio.current_task()
+            assert current is not None  # a coroutine of ours, run as a task
+            if current.cancelling():
                 # `_lead` cancelled us mid-renew and the Redis client turned the cancel into
                 # an error (or an answer): stop here, or `_lead` waits for us forever.
                 return

@@ -58,7 +58,10 @@ class LiveResult:
 
 
 class OriginAPI(Protocol):
-    model: str  # model identity: part of every live cache key
+    @property
+    def model(self) -> str:
+        """Model identity: part of every live cache key."""
+        ...
 
     async def key(self, key_hash: str) -> KeyRef | None:
         """The live project key with this hash, or None (unknown, revoked, expired, master)."""

@@ -6,15 +6,16 @@ import json
 import math
 import re
 import textwrap
-from typing import Any, ClassVar
+from typing import Any
 from xml.sax.saxutils import escape
 
 
 class ApiError(Exception):
     """Base of every error a client may see; subclasses fix the status and code."""
 
-    status: ClassVar[int] = 500
-    code: ClassVar[str] = "INTERNAL_ERROR"
+    # Class defaults a subclass fixes; an instance may override them (a rebuilt upstream error).
+    status: int = 500
+    code: str = "INTERNAL_ERROR"
 
     def __init__(
         self,
@@ -28,7 +29,7 @@ class ApiError(Exception):
         self.details = details
         self.headers = headers or {}
         if code is not None:
-            self.code = code  # type: ignore[misc]
+            self.code = code
 
     def body(self) -> bytes:
         error: dict[str, Any] = {"code": self.code, "message": self.message}
@@ -276,5 +277,5 @@ def error_from_envelope(status: int, payload: dict[str, Any], headers: dict[str,
         headers={k: v for k, v in headers.items() if k.lower() in PASSED_THROUGH},
         code=str(err.get("code", "INTERNAL_ERROR")),
     )
-    exc.status = status  # type: ignore[misc]
+    exc.status = status
     return exc

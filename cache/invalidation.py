@@ -291,11 +291,12 @@ class RedisBus:
     async def _epoch(self) -> bytes:
         """The log's epoch, set now if Redis has none (it lost its data, or is new)."""
         redis = self._listen_redis
-        value = await redis.get(EPOCH_KEY)
+        value: bytes | None = await redis.get(EPOCH_KEY)
         if value is None:
             await redis.set(EPOCH_KEY, uuid.uuid4().hex, nx=True)
             value = await redis.get(EPOCH_KEY)
-        return value
+        # Gone again (flushed meanwhile): an epoch no one has, so the caller resyncs as for None.
+        return value if value is not None else b""
 
     async def _log_state(self) -> tuple[bytes | None, bytes] | None:
         """(id of the oldest entry kept, id of the last entry ever added); None: no log."""

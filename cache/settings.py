@@ -518,7 +518,7 @@ class Settings:
         """Read every setting from `env` (default: os.environ); `overrides` win. A value the
         setting's parser refuses raises SettingsError naming the variable."""
         e = dict(os.environ if env is None else env)
-        values: dict[str, object] = {}
+        values: dict[str, Any] = {}
         for f in fields(cls):  # DATA_DIR comes first: the defaults of others lie under it
             meta = f.metadata
             raw = e.get(meta["env"]) or (e.get(meta["fallback"], "") if meta["fallback"] else "")
@@ -538,7 +538,7 @@ class Settings:
             port = values.get("port", cls.port)
             assert isinstance(host, str) and isinstance(port, int)
             values["public_url"] = local_url(host, port)
-        return cls(**values)  # type: ignore[arg-type]
+        return cls(**values)
 
 
 # A plain field would have no variable, parser or README row: say so at import, by name.

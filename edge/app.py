@@ -342,7 +342,9 @@ class Edge:
             if path == "/metrics" and scope["method"] in ("GET", "HEAD"):
                 return await send_metrics(send, self.metrics, scope, self.settings.metrics_token)
             if path == "/metrics":
-                error = MethodNotAllowed("Only GET and HEAD are allowed here.", headers=GET_HEAD)
+                error: ApiError = MethodNotAllowed(
+                    "Only GET and HEAD are allowed here.", headers=GET_HEAD
+                )
                 return await self._send_error(send, Request.from_scope(scope), error)
             send = self.metrics.counting(send, family_of(path))
         elif scope["type"] == "lifespan":
@@ -1196,7 +1198,7 @@ def _range_for(request: Request, etag: str, size: int) -> tuple[int, int] | None
     if request.if_range is not None and request.if_range.decode("latin-1").strip() != etag:
         return None  # the client's copy is another version: send it all
     span = parse_range(request.range, size)
-    if span == "unsatisfiable":
+    if isinstance(span, str):  # "unsatisfiable"
         raise RangeNotSatisfiable(
             "The requested range is outside the image.",
             headers={"Content-Range": f"bytes */{size}"},

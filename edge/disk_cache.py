@@ -192,13 +192,15 @@ class DiskCache:
         try:
             size = os.fstat(fd).st_size
             if size < HEAD_SIZE:
-                return self._torn(path, digest, "shorter than its header")
+                self._torn(path, digest, "shorter than its header")
+                return None
             if nowait and self._nowait and not self._cached(fd, size):
                 raise WouldBlock(key)
             head = os.pread(fd, min(size, FIRST_READ), 0)
             magic, meta_len, _flags, body_len, written_ns = _HEAD.unpack_from(head)
             if magic != MAGIC or meta_len > MAX_META or size != HEAD_SIZE + meta_len + body_len:
-                return self._torn(path, digest, "not the size its header gives")
+                self._torn(path, digest, "not the size its header gives")
+                return None
             if written_ns < self._cleared_ns or written_ns < self._trust_from_ns:
                 return None  # from before a clear, or not yet checked against the log
             meta_end = HEAD_SIZE + meta_len
@@ -209,12 +211,14 @@ class DiskCache:
         finally:
             os.close(fd)
         if len(meta) != meta_len or len(body) != body_len:
-            return self._torn(path, digest, "shorter than its header gives")
+            self._torn(path, digest, "shorter than its header gives")
+            return None
         check = xxhash.xxh3_64(head[: _HEAD.size])
         check.update(meta)
         check.update(body)
         if check.intdigest() != _CHECKSUM.unpack_from(head, _HEAD.size)[0]:
-            return self._torn(path, digest, "checksum mismatch")
+            self._torn(path, digest, "checksum mismatch")
+            return None
         try:
             stored_key, status, etag, image_id, wire, wire_not_modified = meta.split(b"\x00", 5)
             if stored_key.decode("utf-8", "surrogatepass") != key:
@@ -230,7 +234,8 @@ class DiskCache:
                 wire_not_modified=wire_not_modified,
             )
         except ValueError:
-            return self._torn(path, digest, "unreadable meta")
+            self._torn(path, digest, "unreadable meta")
+            return None
         if entry.image_id in self._dropping:
             return None
         return entry
@@ -255,7 +260,6 @@ class DiskCache:
             os.unlink(path)
         self.repairs += 1
         self._submit(self._forget_if_missing, digest)
-        return None
 
     # -- writes (queued from the event loop, done on the writer thread) ------------------------
 

@@ -42,6 +42,7 @@ reached → UpstreamUnavailable (503, Retry-After); `POST /internal/live` timing
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import re
 import time
@@ -209,7 +210,7 @@ def _fields(data: Any, cls: type) -> dict[str, Any]:
         raise UpstreamUnavailable("The origin answered an unexpected shape.", RETRY_AFTER_S)
     snake = {_CAMEL.sub("_", k).lower(): v for k, v in data.items()}
     values = {**_OPTIONAL, **snake}
-    names = cls.__dataclass_fields__  # type: ignore[attr-defined]
+    names = [f.name for f in dataclasses.fields(cls)]
     missing = [name for name in names if name not in values]
     if missing:
         raise UpstreamUnavailable(f"The origin answered without {missing[0]}.", RETRY_AFTER_S)

@@ -134,6 +134,7 @@ class EdgeHttpTools(HttpToolsProtocol):
     _defaults: tuple[object, bytes] = (None, b"")  # server_state.default_headers, as lines
     _guard: ConnectionGuard
 
+    # uvicorn narrows the base's BaseTransport to Transport (and ignores the same error itself).
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         self._guard = guard_of(self.server_state, self.app)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -22,17 +24,23 @@ from origin.projects import any_project_exists
 from origin.services import Services, open_services
 from origin.upkeep import start_chores
 
+if TYPE_CHECKING:
+    from edge.protocol import FastHit
+
 log = logging.getLogger("banatie")
+
+# What a process layout builds: the app to serve, and how to close what it opened.
+Built = tuple[ASGIApp, Callable[[], Awaitable[None]]]
 
 
 class Lazy:
     """An ASGI app built at lifespan startup, inside the server's event loop."""
 
-    def __init__(self, build, settings: Settings) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, build: Callable[[Settings], Awaitable[Built]], settings: Settings) -> None:
         self._build = build
         self._settings = settings
         self._app: ASGIApp | None = None
-        self._close = None
+        self._close: Callable[[], Awaitable[None]] | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -62,7 +70,7 @@ class Lazy:
         return self._settings
 
     @property
-    def fast_hit(self):  # type: ignore[no-untyped-def]
+    def fast_hit(self) -> FastHit | None:
         """The built app's L1 fast path (edge.protocol), if it has one."""
         return getattr(self._app, "fast_hit", None)
 
@@ -71,7 +79,7 @@ async def _start_bus(bus: InvalidationBus) -> None:
     await bus.start()
 
 
-async def build_one_process(settings: Settings):  # type: ignore[no-untyped-def]
+async def build_one_process(settings: Settings) -> Built:
     """Edge in front, origin mounted behind it, the miss call made in-process."""
     services = await open_services(settings)
     if settings.storage_backend == "local":
@@ -111,7 +119,7 @@ async def build_one_process(settings: Settings):  # type: ignore[no-untyped-def]
     return edge, close
 
 
-async def build_origin(settings: Settings):  # type: ignore[no-untyped-def]
+async def build_origin(settings: Settings) -> Built:
     services = await open_services(settings)
     await _announce_bootstrap(services)
     start_chores(services)
@@ -122,7 +130,7 @@ async def build_origin(settings: Settings):  # type: ignore[no-untyped-def]
     return MetricsEndpoint(origin, services.metrics, settings.metrics_token), services.close
 
 
-async def build_edge(settings: Settings):  # type: ignore[no-untyped-def]
+async def build_edge(settings: Settings) -> Built:
     from edge.origin_client import HttpOrigin
 
     store = open_store(settings)

@@ -112,7 +112,11 @@ def variant_size(spec: VariantSpec, source: tuple[int, int]) -> tuple[int, int]:
     if w is None and h is None:
         return source
     if w is None or h is None:
-        scale = w / src_w if w is not None else h / src_h  # type: ignore[operator]
+        if w is not None:
+            scale = w / src_w
+        else:
+            assert h is not None  # both None returned above
+            scale = h / src_h
         if spec.fit == "inside":
             scale = min(scale, 1.0)
         return _times(source, scale)
@@ -200,7 +204,7 @@ def _draft(
         needed = _times(source, min(w / src_w, h / src_h))
     else:
         needed = (w, h)
-    wanted = tuple(max(1, math.ceil(side * DRAFT_GAP)) for side in needed)
+    wanted = (max(1, math.ceil(needed[0] * DRAFT_GAP)), max(1, math.ceil(needed[1] * DRAFT_GAP)))
     opened.draft(None, wanted[::-1] if swapped else wanted)
 
 
@@ -273,7 +277,7 @@ def _encode(image: Image.Image, fmt: str, quality: int, icc: bytes | None) -> by
         flat = Image.new("RGB", image.size, WHITE)
         flat.paste(image, mask=image.getchannel("A"))
         image = flat
-    options: dict[str, object] = {
+    options: dict[str, int] = {
         "jpeg": {"quality": quality},
         "webp": {"quality": quality, "method": WEBP_METHOD},
         # One thread per job: the pool already runs one job per core.
@@ -281,7 +285,7 @@ def _encode(image: Image.Image, fmt: str, quality: int, icc: bytes | None) -> by
         "png": {"compress_level": 6},
     }[fmt]
     try:
-        image.save(out, PIL_FORMATS[fmt], **options, **extra)  # type: ignore[arg-type]
+        image.save(out, PIL_FORMATS[fmt], **options, **extra)
     except (OSError, ValueError, RuntimeError) as e:
         # Limits the checks above do not know of (libwebp's, libavif's, a library update's).
         raise ValidationError(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from sqlalchemy import select, update
+from sqlalchemy import Select, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from cache.errors import AliasNotFound, ValidationError
@@ -35,7 +35,7 @@ def aliases_in_prompt(prompt: str) -> list[str]:
     return seen
 
 
-def live_image(project_id: str):  # type: ignore[no-untyped-def]
+def live_image(project_id: str) -> Select[Image]:
     return select(Image).where(Image.project_id == project_id, Image.deleted_at.is_(None))
 
 

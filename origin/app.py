@@ -58,13 +58,13 @@ async def on_http_error(request: Request, exc: Exception) -> Response:
     if exc.status_code == 404:
         return error_response(NotFound("No such route."))
     if exc.status_code == 405:
-        err = ValidationError("Method not allowed on this route.")
-        err.status = 405  # type: ignore[misc]
-        err.code = "METHOD_NOT_ALLOWED"  # type: ignore[misc]
+        err: ApiError = ValidationError("Method not allowed on this route.")
+        err.status = 405
+        err.code = "METHOD_NOT_ALLOWED"
         err.headers = dict(exc.headers or {})
         return error_response(err)
     err = ApiError(str(exc.detail), code="HTTP_ERROR")
-    err.status = exc.status_code  # type: ignore[misc]
+    err.status = exc.status_code
     return error_response(err)
 
 

@@ -7,7 +7,7 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Select, event, func, select
+from sqlalchemy import Connection, CursorResult, Result, Select, event, func, select
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -27,7 +27,7 @@ def make_engine(url: str) -> AsyncEngine:
         engine = create_async_engine(url, connect_args={"timeout": 30})
 
         @event.listens_for(engine.sync_engine, "connect")
-        def _pragmas(dbapi_conn, _record):  # type: ignore[no-untyped-def]
+        def _pragmas(dbapi_conn: Any, _record: object) -> None:  # a DB-API connection
             cur = dbapi_conn.cursor()
             cur.execute("PRAGMA journal_mode=WAL")
             cur.execute("PRAGMA synchronous=NORMAL")
@@ -54,13 +54,20 @@ def _alembic_config() -> Config:
 async def migrate(engine: AsyncEngine) -> None:
     """Bring the schema to the newest migration."""
 
-    def upgrade(connection) -> None:  # type: ignore[no-untyped-def]
+    def upgrade(connection: Connection) -> None:
         cfg = _alembic_config()
         cfg.attributes["connection"] = connection
         command.upgrade(cfg, "head")
 
     async with engine.begin() as conn:
         await conn.run_sync(upgrade)
+
+
+def rowcount(result: Result[Any]) -> int:
+    """Rows an UPDATE or DELETE matched. session.execute() is typed as returning a plain
+    Result, but for those statements it is a CursorResult, which alone has rowcount."""
+    assert isinstance(result, CursorResult)
+    return result.rowcount
 
 
 async def paged(

@@ -6,7 +6,7 @@ import json
 import re
 import uuid
 from datetime import datetime
-from typing import Any
+from typing import Any, overload
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -97,7 +97,7 @@ async def read_json(request: Request, max_bytes: int, required: bool = True) -> 
     return value
 
 
-def parse_json(text: bytes | str, field: str) -> Any:
+def parse_json(text: bytes | bytearray | str, field: str) -> Any:
     """JSON a client sent: 400 when malformed, nested deeper than MAX_JSON_DEPTH, or holding
     a NUL anywhere (PostgreSQL cannot store one in text or JSONB)."""
     try:
@@ -165,6 +165,15 @@ def optional_bool(body: dict[str, Any], field: str, default: bool) -> bool:
     return value
 
 
+# An int default makes the result an int (absent or null → the default).
+@overload
+def optional_int(
+    body: dict[str, Any], field: str, default: int, lo: int = ..., hi: int = ...
+) -> int: ...
+@overload
+def optional_int(
+    body: dict[str, Any], field: str, default: None, lo: int = ..., hi: int = ...
+) -> int | None: ...
 def optional_int(
     body: dict[str, Any], field: str, default: int | None, lo: int = 0, hi: int = 2**31 - 1
 ) -> int | None:

@@ -23,6 +23,7 @@ from cache.errors import (
 from cache.index import LiveRecord
 from cache.live_key import SCOPE_PATTERN, LiveKey, live_key, manifest_key
 from origin.budgets import spend_ip_budget, spend_key_budget
+from origin.db import rowcount
 from origin.generation_input import GenerationInput, check_prompt, check_ratio, check_template
 from origin.generations import INTERRUPTED, add_generation
 from origin.images import ProjectCtx, image_record
@@ -230,7 +231,7 @@ async def _claim(
                 updated_at=now,
             )
         )
-        if result.rowcount != 1:
+        if rowcount(result) != 1:
             await session.rollback()
             return False
         if took_over:
@@ -307,7 +308,7 @@ async def _release(services: Services, key: LiveKey, generation_id: str, failed:
                 )
             else:
                 ended = await session.execute(delete(LiveEntry).where(*ours))
-            if ended.rowcount == 1:
+            if rowcount(ended) == 1:
                 await uncount_scope(session, key.project_id, key.scope)
             await session.commit()
     except Exception:

@@ -10,6 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from cache.errors import ImageNotInScope, ValidationError
 from cache.invalidation import Invalidation
+from origin.db import rowcount
 from origin.images import ProjectCtx, forget_everywhere
 from origin.models import Generation, Image, LiveEntry, utcnow
 from origin.production import AlsoInTransaction, run_generation
@@ -53,7 +54,9 @@ async def keys_to_regenerate(
     )
     if image_id is not None:
         query = query.where(LiveEntry.image_id == image_id)
-    keys = [ScopeKey(*row) for row in (await session.execute(query)).all()]
+    rows = (await session.execute(query)).all()
+    # The inner join on the generation already leaves out entries without one.
+    keys = [ScopeKey(entry, key, gen) for entry, key, gen in rows if gen is not None]
     if image_id is not None and not keys:
         image = await session.get(Image, image_id)
         if image is None or image.project_id != project_id or image.deleted_at is not None:
@@ -99,7 +102,7 @@ def _repoint(key: ScopeKey) -> AlsoInTransaction:
                 .values(image_id=image.id, updated_at=utcnow()),
                 execution_options={"synchronize_session": False},
             )
-            if moved.rowcount == 1:
+            if rowcount(moved) == 1:
                 key.replaced[:] = [current]
                 return
 

@@ -35,7 +35,8 @@ UUID = {"type": "string", "format": "uuid", "pattern": UUID_RE}
 UUID_OR_NULL = {"anyOf": [{"type": "null"}, UUID]}
 META = {"type": ["object", "null"]}
 
-GENERATION_BODY = {
+# Any: the schemas below reuse parts of these by key.
+GENERATION_BODY: dict[str, Any] = {
     "type": "object",
     "required": ["prompt"],
     "properties": {
@@ -61,11 +62,11 @@ GENERATION_BODY = {
 RETRY_BODY = {
     "type": "object",
     "properties": {
-        k: GENERATION_BODY["properties"][k]  # type: ignore[index]
+        k: GENERATION_BODY["properties"][k]
         for k in ("prompt", "aspectRatio", "autoEnhance", "referenceImages")
     },
 }
-SCOPE_BODY = {
+SCOPE_BODY: dict[str, Any] = {
     "type": "object",
     "properties": {
         "slug": {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,64}$"},
@@ -76,7 +77,7 @@ SCOPE_BODY = {
 }
 SCOPE_UPDATE = {
     "type": "object",
-    "properties": {k: v for k, v in SCOPE_BODY["properties"].items() if k != "slug"},  # type: ignore[attr-defined]
+    "properties": {k: v for k, v in SCOPE_BODY["properties"].items() if k != "slug"},
 }
 IMAGE_UPDATE = {
     "type": "object",
@@ -100,7 +101,7 @@ SIGN_BODY = {
     "properties": {
         "path": {"type": "string", "maxLength": 16384},
         "scope": {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,64}$"},
-        "prompt": GENERATION_BODY["properties"]["prompt"],  # type: ignore[index]
+        "prompt": GENERATION_BODY["properties"]["prompt"],
         "aspectRatio": {"enum": [*RATIOS, None]},
         "autoEnhance": {"type": ["boolean", "null"]},
         "template": {"enum": [*TEMPLATES, None]},
@@ -362,7 +363,7 @@ LIVE_QUERY = [
         "in": "query",
         "required": True,
         "description": "What to draw; with the other live parameters, the cache key.",
-        "schema": GENERATION_BODY["properties"]["prompt"],  # type: ignore[index]
+        "schema": GENERATION_BODY["properties"]["prompt"],
     },
     {
         "name": "aspectRatio",

@@ -43,5 +43,12 @@ async def find_project(session: AsyncSession, org_slug: str, project_slug: str) 
     return project
 
 
+async def live_project(session: AsyncSession, project_id: str) -> Project:
+    """The project a live key names (the key being live, the project exists)."""
+    project = await session.get(Project, project_id)
+    assert project is not None  # the key that named it is live
+    return project
+
+
 async def any_project_exists(session: AsyncSession) -> bool:
     return bool(await session.scalar(select(func.count()).select_from(Project)))

@@ -13,7 +13,7 @@ from cache.errors import (
     ScopeLimitReached,
     ScopeNotFound,
 )
-from origin.db import paged
+from origin.db import paged, rowcount
 from origin.models import LiveScope, utcnow
 
 
@@ -92,7 +92,7 @@ async def count_scope(
             updated_at=utcnow(),
         )
     )
-    if taken.rowcount == 1:  # the common case: one statement
+    if rowcount(taken) == 1:  # the common case: one statement
         return
     scope = await ensure_scope(session, project_id, slug, default_limit)
     if not scope.allow_new_generations:
@@ -109,7 +109,7 @@ async def count_scope(
             updated_at=utcnow(),
         )
     )
-    if result.rowcount != 1:
+    if rowcount(result) != 1:
         raise ScopeLimitReached(
             f"Scope {slug} has reached its limit of {scope.new_generations_limit} images."
         )

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
+from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
@@ -42,7 +44,7 @@ class Services:
         )
         self.metrics.read("origin_in_flight", lambda: self.slots.running)
 
-    def spawn(self, coro) -> asyncio.Task[object]:  # type: ignore[no-untyped-def]
+    def spawn(self, coro: Coroutine[Any, Any, object]) -> asyncio.Task[object]:
         task = asyncio.ensure_future(coro)
         self.background.add(task)
         task.add_done_callback(self.background.discard)

@@ -74,7 +74,8 @@ class LiveUrl:
     pairs: list[tuple[str, str]]
 
 
-def live_url(org: str, project: str, scope: str, query: list[tuple[str, str]]) -> LiveUrl:
+def live_url(org: str, project: str, scope: object, query: list[tuple[str, str]]) -> LiveUrl:
+    """`scope` as the client gave it (any JSON value): checked here."""
     if not isinstance(scope, str) or not SCOPE_PATTERN.fullmatch(scope):
         raise ValidationError("scope must match [A-Za-z0-9_-]{1,64}.", field="scope")
     return LiveUrl(f"/cdn/{org}/{project}/live/{scope}", query)
@@ -118,7 +119,7 @@ def live_url_from_body(body: dict[str, Any], org: str, project: str) -> LiveUrl:
         query.append(("autoEnhance", "true" if enhance else "false"))
     if body.get("template") is not None:
         query.append(("template", check_template(body["template"], "template")))
-    return live_url(org, project, body.get("scope"), query)  # type: ignore[arg-type]
+    return live_url(org, project, body.get("scope"), query)
 
 
 def expires_in(body: dict[str, Any]) -> int | None:

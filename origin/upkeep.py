@@ -9,6 +9,7 @@ from datetime import timedelta
 
 from sqlalchemy import delete, select, update
 
+from origin.db import rowcount
 from origin.generations import INTERRUPTED, stale_after_s
 from origin.live import abandon_claim
 from origin.models import Generation, LiveEntry, utcnow
@@ -38,9 +39,10 @@ async def fail_interrupted(services: Services) -> int:
             .values(status="failed", error_message=INTERRUPTED, updated_at=now)
         )
         await session.commit()
-    if result.rowcount:
-        log.warning("%d interrupted generation(s) marked failed", result.rowcount)
-    return result.rowcount
+    failed = rowcount(result)
+    if failed:
+        log.warning("%d interrupted generation(s) marked failed", failed)
+    return failed
 
 
 async def sweep_interrupted(services: Services) -> None:
@@ -76,7 +78,7 @@ async def release_abandoned_claims(services: Services) -> int:
                     LiveEntry.updated_at == entry.updated_at,  # not renewed or taken meanwhile
                 )
             )
-            if gone.rowcount == 1:
+            if rowcount(gone) == 1:
                 await abandon_claim(session, *abandoned)
                 released += 1
         await session.commit()

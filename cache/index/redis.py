@@ -204,7 +204,7 @@ class RedisIndex:
 
     async def renew(self, digest: str, token: str, lease_ms: int) -> bool:
         """Extend our lease; False when the lock is no longer ours (it lapsed)."""
-        keys, args = [f"lock:{{{digest}}}"], [token, lease_ms]
+        keys, args = [f"lock:{{{digest}}}"], [token, str(lease_ms)]
         return bool(await self._call(lambda: self._renew(keys=keys, args=args)))
 
     async def release(self, digest: str, token: str) -> bool:

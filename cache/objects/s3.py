@@ -117,7 +117,8 @@ class S3Store:
         def read_all() -> bytes:
             response = self._client.get_object(Bucket=self.bucket, Key=key)
             with contextlib.closing(response["Body"]) as body:
-                return body.read()
+                data: bytes = body.read()  # boto3 is untyped: the body's read() gives bytes
+                return data
 
         with self._errors(key):
             return await self._run(read_all)

@@ -136,7 +136,7 @@ def _average_colour(reference: ReferenceImage) -> tuple[int, int, int] | None:
     try:
         with Image.open(io.BytesIO(reference.data)) as img:
             img.draft("RGB", (64, 64))
-            r, g, b = img.convert("RGB").resize((1, 1), Image.Resampling.BOX).getpixel((0, 0))
+            r, g, b = img.convert("RGB").resize((1, 1), Image.Resampling.BOX).tobytes()
             return (r, g, b)
     except (OSError, ValueError, Image.DecompressionBombError):
         return None  # unreadable references are ignored, as the interface promises

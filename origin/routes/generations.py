@@ -33,7 +33,7 @@ from origin.images import ProjectCtx, forget_everywhere, soft_delete_image
 from origin.models import Image, utcnow
 from origin.production import run_generation
 from origin.references import resolve_references
-from origin.services import GenerationTicket
+from origin.services import GenerationTicket, Services
 
 STATUSES = ("pending", "processing", "success", "failed")
 MAX_RETRIES = 3
@@ -76,15 +76,15 @@ async def _admit(request: Request) -> tuple[GenerationTicket, BudgetState]:
         raise
 
 
-async def _run_and_answer(  # type: ignore[no-untyped-def]
-    services,
-    project,
+async def _run_and_answer(
+    services: Services,
+    project: ProjectCtx,
     generation_id: str,
     ticket: GenerationTicket,
     budget: BudgetState,
     status: int,
-    regenerate=False,
-):
+    regenerate: bool = False,
+) -> Response:
     """Run the generation; success or error, the answer carries the budget headers."""
     try:
         generation = await run_generation(
@@ -98,7 +98,9 @@ async def _run_and_answer(  # type: ignore[no-untyped-def]
     return ok(payload, status, budget.headers())
 
 
-async def _run_quietly(services, project, generation_id: str, ticket: GenerationTicket) -> None:  # type: ignore[no-untyped-def]
+async def _run_quietly(
+    services: Services, project: ProjectCtx, generation_id: str, ticket: GenerationTicket
+) -> None:
     try:
         await run_generation(services, project, generation_id, ticket)
     except ApiError:

@@ -12,16 +12,10 @@ from cache.invalidation import Invalidation
 from origin import signing
 from origin.auth import project_of, services_of
 from origin.envelope import ok, read_json, resource
-from origin.models import Project
+from origin.projects import live_project
 from origin.services import Services
 
 log = logging.getLogger("banatie.origin")
-
-
-async def _project_row(session, project_id: str) -> Project:  # type: ignore[no-untyped-def]
-    project = await session.get(Project, project_id)
-    assert project is not None  # the key that named it is live
-    return project
 
 
 async def _tell_edges(services: Services, project_id: str) -> None:
@@ -39,7 +33,7 @@ async def sign(request: Request) -> Response:
     url = signing.live_url_from_body(body, ctx.organization_slug, ctx.project_slug)
     expires_in = signing.expires_in(body)
     async with services.sessions() as session:
-        project = await _project_row(session, ctx.project_id)
+        project = await live_project(session, ctx.project_id)
         path, expires_at = signing.sign_live_url(project, url, expires_in)
     return ok({"url": services.settings.public_url + path, "path": path, "expiresAt": expires_at})
 
@@ -48,7 +42,7 @@ async def get_state(request: Request) -> Response:
     services = services_of(request)
     ctx = await project_of(request)
     async with services.sessions() as session:
-        return ok(signing.state_json(await _project_row(session, ctx.project_id)))
+        return ok(signing.state_json(await live_project(session, ctx.project_id)))
 
 
 async def put_state(request: Request) -> Response:
@@ -59,7 +53,7 @@ async def put_state(request: Request) -> Response:
     if not isinstance(required, bool):
         raise ValidationError("requireSignedUrls must be true or false.", field="requireSignedUrls")
     async with services.sessions() as session:
-        project = await _project_row(session, ctx.project_id)
+        project = await live_project(session, ctx.project_id)
         signing.set_required(project, required)
         await session.commit()
         state = signing.state_json(project)
@@ -71,7 +65,7 @@ async def rotate(request: Request) -> Response:
     services = services_of(request)
     ctx = await project_of(request)
     async with services.sessions() as session:
-        project = await _project_row(session, ctx.project_id)
+        project = await live_project(session, ctx.project_id)
         secret = signing.rotate(project)
         await session.commit()
         state = signing.state_json(project)
