@@ -188,17 +188,28 @@ def test_detail_moves_an_alias_and_sets_the_focal_point(lab: Lab, watched: Watch
 
 
 def test_generate_creates_one_generation_and_shows_it(lab: Lab, watched: Watched) -> None:
+    reference = lab.upload("plum", alias="@reference")
+    flow = lab.http.post("/flows", json={}).json()["data"]
     before = lab.total("/generations")
     enter_key(watched.page, lab, "/lab/generate")
     page = watched.page
     page.get_by_label("Prompt", exact=True).fill("a paper lantern over a river")
     page.get_by_label("Aspect ratio").select_option("16:9")
+    page.get_by_label("Template").select_option("illustration")
+    page.get_by_label("Auto-enhance the prompt").uncheck()
     page.get_by_label("Alias", exact=True).fill("@lantern")
+    page.get_by_label("Flow", exact=True).select_option(flow["id"])
+    page.get_by_label("Reference @reference").check()  # picked from the gallery
     page.get_by_role("button", name="Generate", exact=True).click()
     wait_loaded(page, "#result-image")
     assert lab.total("/generations") == before + 1
     made = lab.http.get("/images/@lantern").json()["data"]
     assert (made["source"], made["width"] > made["height"]) == ("generated", True)
+    generation = lab.http.get(f"/generations/{made['generationId']}").json()["data"]
+    assert generation["flowId"] == flow["id"]
+    assert generation["enhancementOptions"]["template"] == "illustration"
+    assert generation["autoEnhance"] is False
+    assert reference["id"] in str(generation["referencedImages"])
     if folder := screenshots():
         page.screenshot(path=str(folder / "lab-generate-1280.png"), full_page=True)
 
@@ -262,6 +273,53 @@ def test_the_upload_page_stores_the_image(lab: Lab, watched: Watched, tmp_path: 
     page.get_by_role("link", name="@uploaded").wait_for()
     assert lab.total("/images") == before + 1
     assert lab.http.get("/images/@uploaded").json()["data"]["width"] == 320
+    wait_loaded(page, ".result img")
+    if folder := screenshots():
+        page.screenshot(path=str(folder / "lab-upload-1280.png"), full_page=True)
+
+
+def test_the_flows_page_lists_a_flow_and_regenerates_it(lab: Lab, watched: Watched) -> None:
+    made = lab.http.post("/generations", json={"prompt": "a red boat"})
+    assert made.status_code in (200, 201), made.text
+    generation = made.json()["data"]
+    flow_id = generation["flowId"]
+    old_image = generation["outputImage"]["id"]
+    answer = lab.http.post("/images/upload", files={"file": png("green")}, data={"flowId": flow_id})
+    assert answer.status_code == 201, answer.text
+    lab.http.put(f"/flows/{flow_id}/aliases", json={"aliases": {"@boat": old_image}})
+
+    enter_key(watched.page, lab, "/lab/flows")
+    page = watched.page
+    row = page.locator(f'tr[data-flow-id="{flow_id}"]')
+    assert row.locator("td").all_text_contents()[1:4] == ["1", "2", "@boat"]
+    if folder := screenshots():
+        page.screenshot(path=str(folder / "lab-flows-1280.png"), full_page=True)
+    row.get_by_role("link").click()
+    page.wait_for_url(f"**/lab/flows/{flow_id}")
+    page.get_by_text("1 generation, 2 images").wait_for()
+    wait_loaded(page, ".grid img")
+    assert page.locator(f'tr[data-generation-id="{generation["id"]}"]').count() == 1
+    if folder := screenshots():
+        page.screenshot(path=str(folder / "lab-flow-1280.png"), full_page=True)
+
+    page.get_by_role("button", name="Regenerate").click()
+    page.get_by_text("Regenerated: a new image").wait_for(timeout=DEADLINE_MS)
+    page.get_by_text("1 generation, 3 images").wait_for()
+    flow = lab.http.get(f"/flows/{flow_id}").json()["data"]
+    assert (flow["generationCount"], flow["imageCount"]) == (1, 3)
+    assert flow["aliases"]["@boat"] != old_image  # the flow alias moved to the new image
+
+    page.get_by_label("Flow alias", exact=True).fill("@original")
+    page.get_by_label("Image", exact=True).select_option(old_image)
+    page.get_by_role("button", name="Assign flow alias").click()
+    page.get_by_text("Flow alias @original assigned.").wait_for()
+    page.get_by_role("button", name="Remove flow alias @boat").click()
+    page.get_by_text("Flow alias @boat removed.").wait_for()
+    aliases = lab.http.get(f"/flows/{flow_id}").json()["data"]["aliases"]
+    assert aliases == {"@original": old_image}
+
+    page.goto(lab.app.url + f"/lab/images/{old_image}")
+    page.get_by_role("list", name="Flow aliases of this image").get_by_text("@original").wait_for()
 
 
 def test_the_gallery_shows_every_kind_of_image(lab: Lab, watched: Watched) -> None:

@@ -250,6 +250,14 @@ async function detailPage(ref) {
     }
   }
 
+  // A flow id may have no flow row yet (minted lazily by an upload or generation), and a GET of
+  // it would be a 404 (a console error): look for it among the newest 100 flows instead.
+  let flow = null;
+  if (image.flowId) {
+    flow = (await api("GET", `/flows${query({ limit: 100 })}`)).data
+      .find((f) => f.id === image.flowId) || null;
+  }
+
   // The focal point picker: a click on the picture sets focalPoint; crops follow at once.
   const big = { w: 800, format: "auto" };
   const picture = h("img", {
@@ -368,6 +376,39 @@ async function detailPage(ref) {
   }
   for (const control of [vw, vh, vformat, vfit]) control.addEventListener("change", drawVariant);
 
+  // Flow aliases: names inside the image's flow that point here; assign one more.
+  const flowAliases = h("ul", { class: "aliases", "aria-label": "Flow aliases of this image" });
+  function drawFlowAliases() {
+    const mine = Object.entries(flow.aliases).filter(([, id]) => id === image.id);
+    flowAliases.replaceChildren(...(mine.length
+      ? mine.map(([alias]) => h("li", {}, h("code", { text: alias })))
+      : [h("li", { class: "empty", text: "None in this flow." })]));
+  }
+  const flowAliasInput = h("input", { type: "text", name: "flowAlias", placeholder: "@latest" });
+  const flowAliasForm = flow
+    ? h("form", { class: "fields", "aria-label": "Flow alias of this image" },
+      field("Flow alias", flowAliasInput), h("button", { type: "submit" }, "Assign flow alias"))
+    : null;
+  flowAliasForm?.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    clearError();
+    const alias = flowAliasInput.value.trim();
+    try {
+      flow = (await api("PUT", `/flows/${flow.id}/aliases`, {
+        json: { aliases: { [alias]: image.id } } })).data;
+      drawFlowAliases();
+      say(`Flow alias ${alias} now names this image.`);
+    } catch (error) {
+      showError(error);
+    }
+  });
+  const flowPanel = flow
+    ? h("section", { class: "panel", "aria-labelledby": "flow-h" },
+      h("h2", { id: "flow-h" }, "Flow ", h("a", { href: `/lab/flows/${flow.id}` },
+        shortId(flow.id))),
+      flowAliases, flowAliasForm)
+    : null;
+
   const deleteButton = h("button", {
     type: "button", class: "danger",
     onclick: async () => {
@@ -388,7 +429,8 @@ async function detailPage(ref) {
   const rows = [
     ["Id", image.id], ["Source", image.source], ["Alias", aliasNow],
     ["Size", `${image.width} × ${image.height}`], ["Type", image.mimeType],
-    ["Bytes", image.fileSize.toLocaleString()], ["Flow", image.flowId || "—"],
+    ["Bytes", image.fileSize.toLocaleString()], ["Flow", flow
+      ? h("a", { href: `/lab/flows/${flow.id}` }, shortId(flow.id)) : image.flowId || "—"],
     ["Focal point", focalText], ["Created", when(image.createdAt)],
   ];
   for (const [k, v] of rows) metaList.append(h("dt", { text: k }), h("dd", {}, v));
@@ -427,9 +469,11 @@ async function detailPage(ref) {
         h("section", { class: "panel", "aria-labelledby": "meta-h" },
           h("h2", { id: "meta-h", text: "Details" }), metaList),
         h("section", { class: "panel" }, aliasForm),
+        flowPanel,
         generationPanel,
         h("section", { class: "panel" }, deleteButton))));
   drawAlias();
+  if (flow) drawFlowAliases();
   drawFocal();
   drawVariant();
   say("");
@@ -437,14 +481,37 @@ async function detailPage(ref) {
 
 // -- generate --------------------------------------------------------------------------------
 
-function generatePage() {
+async function generatePage() {
+  const [flows, recent] = await Promise.all([
+    api("GET", `/flows${query({ limit: 100 })}`),
+    api("GET", `/images${query({ limit: 12 })}`),
+  ]);
   const prompt = h("textarea", { name: "prompt", required: true, maxlength: 5000 });
   const ratio = select("aspectRatio", RATIOS, "1:1");
   const template = select("template", TEMPLATES, "general");
   const enhance = h("input", { type: "checkbox", name: "autoEnhance", checked: true });
   const alias = h("input", { type: "text", name: "alias", placeholder: "@hero" });
-  const flow = h("input", { type: "text", name: "flowId", placeholder: "new flow", size: 36 });
+  // Flow: a new one (the API's default) or one of the project's flows.
+  const chosenFlow = new URLSearchParams(location.search).get("flowId") || "";
+  const flow = h("select", { name: "flowId" }, h("option", { value: "", text: "A new flow" }));
+  for (const f of flows.data) {
+    flow.append(h("option", { value: f.id, selected: f.id === chosenFlow,
+      text: `Flow ${shortId(f.id)} (${f.generationCount} gen., ${f.imageCount} img.)` }));
+  }
   const refs = h("input", { type: "text", name: "referenceImages", placeholder: "@a, @b" });
+  // Reference images picked from the gallery: a checkbox per recent image, its thumbnail as label.
+  const picks = recent.data.map((image) => {
+    const name = `Reference ${image.alias || shortId(image.id)}`;
+    const box = h("input", { type: "checkbox", value: image.id, id: `f${++uid}`, "aria-label": name });
+    return h("li", {}, box, h("label", { for: box.id },
+      h("img", { src: variant(image, { w: 96, h: 96, fit: "cover", format: "auto" }),
+        srcset: `${variant(image, { w: 96, h: 96, fit: "cover", format: "auto", dpr: 2 })} 2x`,
+        alt: name, width: 96, height: 96 })));
+  });
+  const picker = recent.data.length
+    ? h("fieldset", { class: "refs" }, h("legend", { text: "Pick references from the gallery" }),
+      h("ul", {}, picks))
+    : null;
   const submit = h("button", { type: "submit" }, "Generate");
   const result = h("div", { class: "result", "aria-live": "polite" });
   enhance.id = `f${++uid}`;
@@ -453,18 +520,15 @@ function generatePage() {
       field("Prompt", prompt, true), field("Aspect ratio", ratio), field("Template", template),
       h("div", { class: "field" }, h("span", { class: "check" }, enhance,
         h("label", { for: enhance.id, text: "Auto-enhance the prompt" }))),
-      field("Alias", alias), field("Flow id", flow), field("Reference images", refs)),
+      field("Alias", alias), field("Flow", flow), field("Reference images", refs)),
+    picker,
     h("p", { class: "actions" }, submit));
 
   async function follow(generation) {
-    // Prefer: respond-async answers at once with a pending generation; poll until it ends.
-    while (generation.status === "pending" || generation.status === "processing") {
-      result.replaceChildren(h("p", { "data-status": generation.status },
-        `Status: ${generation.status}…`));
-      await new Promise((resolve) => setTimeout(resolve, POLL_MS));
-      generation = (await api("GET", `/generations/${generation.id}`)).data;
-    }
-    drawResult(generation);
+    const done = await followGeneration(generation, (g) => {
+      result.replaceChildren(h("p", { "data-status": g.status }, `Status: ${g.status}…`));
+    });
+    drawResult(done);
   }
 
   function drawResult(generation) {
@@ -509,6 +573,7 @@ function generatePage() {
     if (alias.value.trim()) body.alias = alias.value.trim();
     if (flow.value.trim()) body.flowId = flow.value.trim();
     const references = refs.value.split(",").map((s) => s.trim()).filter(Boolean);
+    for (const box of form.querySelectorAll(".refs input:checked")) references.push(box.value);
     if (references.length) body.referenceImages = references;
     submit.disabled = true;
     try {
@@ -541,6 +606,8 @@ async function livePage() {
   const ratio = select("aspectRatio", RATIOS, "1:1");
   const template = select("template", TEMPLATES, "general");
   const w = h("input", { type: "number", name: "w", min: 1, max: 4096, value: 512 });
+  const lh = h("input", { type: "number", name: "h", min: 1, max: 4096, placeholder: "auto" });
+  const fit = select("fit", FITS, "cover");
   const format = select("format", FORMATS, "auto");
   const expiry = select("expires", ["never", "3600", "86400", "604800"], "3600");
   const out = h("div", { class: "result" });
@@ -548,14 +615,15 @@ async function livePage() {
     h("div", { class: "fields" },
       field("CDN base", cdn, true), field("Scope", scope), field("Prompt", prompt, true),
       field("Aspect ratio", ratio), field("Template", template), field("Width", w),
-      field("Format", format),
+      field("Height", lh), field("Fit", fit), field("Format", format),
       signing.requireSignedUrls ? field("Signature expires after (seconds)", expiry) : null),
     h("p", { class: "actions" }, h("button", { type: "submit" }, "Build URL")));
   form.addEventListener("submit", async (event) => {
     event.preventDefault();
     clearError();
     const params = { prompt: prompt.value.trim(), aspectRatio: ratio.value,
-      template: template.value, w: w.value, format: format.value };
+      template: template.value, w: w.value, h: lh.value, fit: lh.value ? fit.value : "",
+      format: format.value };
     let url = `${cdn.value.replace(/\/$/, "")}/live/${encodeURIComponent(scope.value)}`
       + query(params);
     try {
@@ -569,7 +637,7 @@ async function livePage() {
       showError(error);
       return;
     }
-    const url2 = url.replace(/([?&])w=(\d+)/, (m, sep, n) => `${sep}w=${n * 2}`);
+    const url2 = url.replace(/([?&])([wh])=(\d+)/g, (m, sep, k, n) => `${sep}${k}=${n * 2}`);
     const img = h("img", { src: url, alt: params.prompt, id: "live-image" });
     img.addEventListener("load", () => say(`Loaded: ${img.naturalWidth} × ${img.naturalHeight}.`));
     img.addEventListener("error", () => showError("The live URL did not load an image."));
@@ -717,12 +785,200 @@ async function scopesPage() {
       secretCount, rotate, secretOut));
 }
 
+// -- flows -----------------------------------------------------------------------------------
+
+// Prefer: respond-async answers at once with a pending generation; poll until it ends.
+async function followGeneration(generation, onStatus) {
+  while (generation.status === "pending" || generation.status === "processing") {
+    onStatus(generation);
+    await new Promise((resolve) => setTimeout(resolve, POLL_MS));
+    generation = (await api("GET", `/generations/${generation.id}`)).data;
+  }
+  return generation;
+}
+
+function shortId(id) {
+  return id.slice(0, 8);
+}
+
+async function flowsPage() {
+  const answer = await api("GET", `/flows${query({ limit: 100 })}`);
+  const rows = answer.data.map((flow) => h("tr", { "data-flow-id": flow.id },
+    h("td", {}, h("a", { href: `/lab/flows/${flow.id}` }, `Flow ${shortId(flow.id)}`)),
+    h("td", { text: flow.generationCount }),
+    h("td", { text: flow.imageCount }),
+    h("td", { text: Object.keys(flow.aliases).join(", ") || "—" }),
+    h("td", { text: when(flow.updatedAt) })));
+  const table = h("table", { class: "flows" },
+    h("caption", { text: `${answer.pagination.total} flow${answer.pagination.total === 1 ? "" : "s"}` }),
+    h("thead", {}, h("tr", {}, ["Flow", "Generations", "Images", "Aliases", "Updated"]
+      .map((name) => h("th", { scope: "col", text: name })))),
+    h("tbody", {}, rows));
+  const create = h("button", {
+    type: "button",
+    onclick: async () => {
+      clearError();
+      try {
+        const flow = (await api("POST", "/flows", { json: {} })).data;
+        history.pushState(null, "", `/lab/flows/${flow.id}`);
+        route();
+      } catch (error) {
+        showError(error);
+      }
+    },
+  }, "New flow");
+  main.replaceChildren(h("h1", { text: "Flows" }),
+    h("p", { class: "tag", text: "A flow groups generations and uploads; its aliases name "
+      + "images inside it. Generating or uploading without a flow id starts a new one." }),
+    answer.data.length ? h("div", { class: "table" }, table)
+      : h("p", { class: "empty", text: "No flows yet." }),
+    h("p", { class: "actions" }, create));
+  say("");
+}
+
+async function flowPage(id) {
+  say("Loading the flow…");
+  let flow = (await api("GET", `/flows/${encodeURIComponent(id)}`)).data;
+  const [images, generations] = await Promise.all([
+    api("GET", `/flows/${flow.id}/images${query({ limit: 100 })}`),
+    api("GET", `/flows/${flow.id}/generations${query({ limit: 100 })}`),
+  ]);
+  const byId = new Map(images.data.map((image) => [image.id, image]));
+  const counts = h("p", { class: "tag", "data-counts": true });
+  const aliasList = h("ul", { class: "aliases", "aria-label": "Flow aliases" });
+  function drawFlow() {
+    counts.textContent = `${flow.generationCount} generation${flow.generationCount === 1 ? "" : "s"}`
+      + `, ${flow.imageCount} image${flow.imageCount === 1 ? "" : "s"}`;
+    const entries = Object.entries(flow.aliases);
+    aliasList.replaceChildren(...entries.map(([alias, imageId]) => h("li", {},
+      h("code", { text: alias }), " → ",
+      h("a", { href: `/lab/images/${imageId}` }, byId.get(imageId)?.alias || shortId(imageId)), " ",
+      h("button", { type: "button", class: "quiet", "aria-label": `Remove flow alias ${alias}`,
+        onclick: async () => {
+          clearError();
+          try {
+            flow = (await api("DELETE",
+              `/flows/${flow.id}/aliases/${encodeURIComponent(alias)}`)).data;
+            drawFlow();
+            say(`Flow alias ${alias} removed.`);
+          } catch (error) {
+            showError(error);
+          }
+        } }, "Remove"))));
+    if (!entries.length) aliasList.append(h("li", { class: "empty", text: "No flow aliases." }));
+  }
+
+  const aliasName = h("input", { type: "text", name: "alias", placeholder: "@latest", required: true });
+  const aliasImage = select("imageId", [], null);
+  for (const image of images.data) {
+    aliasImage.append(h("option", { value: image.id,
+      text: `${image.alias || shortId(image.id)} (${image.source})` }));
+  }
+  const aliasForm = h("form", { class: "fields", "aria-label": "Assign a flow alias" },
+    field("Flow alias", aliasName), field("Image", aliasImage),
+    h("button", { type: "submit", disabled: !images.data.length }, "Assign flow alias"));
+  aliasForm.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    clearError();
+    const alias = aliasName.value.trim();
+    try {
+      flow = (await api("PUT", `/flows/${flow.id}/aliases`, {
+        json: { aliases: { [alias]: aliasImage.value } } })).data;
+      drawFlow();
+      say(`Flow alias ${alias} assigned.`);
+    } catch (error) {
+      showError(error);
+    }
+  });
+
+  const grid = h("ul", { class: "grid", "aria-label": "Images of this flow, newest first" },
+    images.data.map((image) => h("li", {},
+      h("a", { href: `/lab/images/${image.id}`, "data-image-id": image.id }, thumbnail(image),
+        h("span", { class: "caption" }, h("span", { text: image.alias || "" }),
+          h("span", { class: "tag", text: image.source }))))));
+  const genRows = generations.data.map((g) => h("tr", { "data-generation-id": g.id },
+    h("td", { text: when(g.createdAt) }),
+    h("td", { text: g.status }),
+    h("td", { text: g.originalPrompt }),
+    h("td", { text: g.processingTimeMs != null ? `${g.processingTimeMs} ms` : "—" }),
+    h("td", {}, g.outputImage
+      ? h("a", { href: `/lab/images/${g.outputImage.id}` }, shortId(g.outputImage.id)) : "—")));
+  const genTable = h("table", { class: "flows" },
+    h("caption", { text: "Generations, newest first" }),
+    h("thead", {}, h("tr", {}, ["Created", "Status", "Prompt", "Time", "Image"]
+      .map((name) => h("th", { scope: "col", text: name })))),
+    h("tbody", {}, genRows));
+
+  const progress = h("p", { "aria-live": "polite" });
+  const regenerate = h("button", {
+    type: "button", disabled: !generations.data.length,
+    onclick: async () => {
+      clearError();
+      regenerate.disabled = true;
+      try {
+        const started = (await api("POST", `/flows/${flow.id}/regenerate`, {
+          headers: { Prefer: "respond-async" } })).data;
+        const done = await followGeneration(started,
+          (g) => { progress.textContent = `Regenerating: ${g.status}…`; });
+        if (done.status === "failed") {
+          progress.textContent = "";
+          showError(`Regeneration failed: ${done.errorMessage || "unknown error"}`);
+          regenerate.disabled = false;
+          return;
+        }
+        await flowPage(flow.id);
+        say("Regenerated: a new image for the flow's newest generation.");
+      } catch (error) {
+        showError(error);
+        regenerate.disabled = false;
+      }
+    },
+  }, "Regenerate");
+
+  const deleteButton = h("button", {
+    type: "button", class: "danger",
+    onclick: async () => {
+      if (!confirm("Delete this flow? Its images and generations stay.")) return;
+      try {
+        await api("DELETE", `/flows/${flow.id}`);
+        history.pushState(null, "", "/lab/flows");
+        route();
+      } catch (error) {
+        showError(error);
+      }
+    },
+  }, "Delete flow");
+
+  main.replaceChildren(
+    h("p", {}, h("a", { href: "/lab/flows" }, "← Flows")),
+    h("h1", { text: `Flow ${shortId(flow.id)}` }),
+    counts,
+    h("p", {}, h("a", { href: `/lab${query({ flowId: flow.id })}` }, "Show in the gallery"), " · ",
+      h("a", { href: `/lab/generate${query({ flowId: flow.id })}` }, "Generate in this flow")),
+    h("section", { class: "panel", "aria-labelledby": "regen-h" },
+      h("h2", { id: "regen-h", text: "Regenerate" }),
+      h("p", { class: "tag", text: "A new image from the flow's newest generation; aliases "
+        + "that named the old image move to the new one." }),
+      regenerate, progress),
+    h("section", { class: "panel", "aria-labelledby": "falias-h" },
+      h("h2", { id: "falias-h", text: "Flow aliases" }), aliasList, aliasForm),
+    h("h2", { text: "Images" }),
+    images.data.length ? grid : h("p", { class: "empty", text: "No images in this flow." }),
+    h("h2", { text: "Generations" }),
+    generations.data.length ? h("div", { class: "table" }, genTable)
+      : h("p", { class: "empty", text: "No generations in this flow." }),
+    h("section", { class: "panel" }, deleteButton));
+  drawFlow();
+  say("");
+}
+
 // -- routing ---------------------------------------------------------------------------------
 
 function pageOf(path) {
   const rest = path.replace(/^\/lab\/?/, "");
   if (rest === "") return ["gallery", null];
   if (rest.startsWith("images/")) return ["detail", decodeURIComponent(rest.slice(7))];
+  if (rest.startsWith("flows/")) return ["flow", decodeURIComponent(rest.slice(6))];
   return [rest, null];
 }
 
@@ -731,7 +987,7 @@ async function route() {
   say("");
   const [page, ref] = pageOf(location.pathname);
   for (const link of document.querySelectorAll("nav a")) {
-    if (link.dataset.page === page) link.setAttribute("aria-current", "page");
+    if (link.dataset.page === (page === "flow" ? "flows" : page)) link.setAttribute("aria-current", "page");
     else link.removeAttribute("aria-current");
   }
   if (!storedKey()) {
@@ -744,10 +1000,12 @@ async function route() {
   try {
     if (page === "gallery") await galleryPage();
     else if (page === "detail") await detailPage(ref);
-    else if (page === "generate") generatePage();
+    else if (page === "generate") await generatePage();
     else if (page === "live") await livePage();
     else if (page === "upload") uploadPage();
     else if (page === "scopes") await scopesPage();
+    else if (page === "flows") await flowsPage();
+    else if (page === "flow") await flowPage(ref);
     else main.replaceChildren(h("h1", { text: "No such page" }));
   } catch (error) {
     say("");

@@ -20,7 +20,9 @@ MEDIA_TYPES = {
     "lab.css": "text/css; charset=utf-8",
 }
 # Every page is index.html; lab.js draws the one the path names.
-PAGE = re.compile(r"^(|generate|live|upload|scopes|images/[A-Za-z0-9@_-]{1,64})$")
+PAGE = re.compile(
+    r"^(|generate|live|upload|scopes|flows|flows/[A-Za-z0-9_-]{1,64}|images/[A-Za-z0-9@_-]{1,64})$"
+)
 
 
 def content_security_policy(settings: Settings) -> str:
