@@ -146,3 +146,13 @@ class RedisBudget:
         except Exception:  # Redis errors, or a cluster client failing mid-reinitialise
             return await self._local.take(name, rate, cost)
         return _state(bool(allowed), rate, int(left), int(tat), int(wait_ms))
+
+
+def open_budget(redis_url: str | None) -> Budget:
+    """Buckets shared through Redis when a URL is given (single node or cluster), else
+    in-process. (A URL, not Settings: cache.settings imports this module for `Rate`.)"""
+    if redis_url:
+        from cache.index.redis import connect
+
+        return RedisBudget(connect(redis_url))
+    return MemoryBudget()

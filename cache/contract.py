@@ -7,6 +7,11 @@ from typing import Any, Protocol
 
 from cache.index import LiveRecord
 
+# The variant query's vocabulary (`?fit=`, `?format=`): the edge parses it (edge/variants.py),
+# the origin's OpenAPI document lists it.
+FITS = ("cover", "contain", "fill", "inside")
+FORMATS = ("auto", "webp", "avif", "jpeg", "png")
+
 
 @dataclass(frozen=True, slots=True)
 class KeyRef:

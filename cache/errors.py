@@ -6,6 +6,7 @@ import json
 import math
 import re
 import textwrap
+from collections.abc import Sequence
 from typing import Any
 from xml.sax.saxutils import escape
 
@@ -161,12 +162,24 @@ class ScopeAlreadyExists(Conflict):
     code = "SCOPE_ALREADY_EXISTS"
 
 
+class MethodNotAllowed(ApiError):
+    """405; `headers` carries the Allow list."""
+
+    status, code = 405, "METHOD_NOT_ALLOWED"
+
+
 class PayloadTooLarge(ApiError):
     status, code = 413, "PAYLOAD_TOO_LARGE"
 
 
 class UnsupportedMediaType(ApiError):
     status, code = 415, "UNSUPPORTED_MEDIA_TYPE"
+
+
+class RangeNotSatisfiable(ApiError):
+    """416; `headers` carries `Content-Range: bytes */size`."""
+
+    status, code = 416, "RANGE_NOT_SATISFIABLE"
 
 
 class RateLimitExceeded(ApiError):
@@ -189,12 +202,71 @@ class UpstreamUnavailable(ApiError):
         super().__init__(message, headers=headers, **kw)
 
 
+# Storage outages are retried by clients, not reported as bugs: 503 and this Retry-After.
+STORAGE_RETRY_AFTER_S = 5
+
+
+def storage_unavailable() -> UpstreamUnavailable:
+    """What a client sees when object storage does not answer (edge and origin alike)."""
+    return UpstreamUnavailable(
+        "Image storage is unavailable; try again shortly.", STORAGE_RETRY_AFTER_S
+    )
+
+
+class NotReady(ApiError):
+    """503 from /ready: `details` names what is failing (a database, storage or cache)."""
+
+    status, code = 503, "NOT_READY"
+
+    def __init__(self, message: str, failing: dict[str, str]) -> None:
+        super().__init__(
+            message, details=failing, headers={"Retry-After": str(STORAGE_RETRY_AFTER_S)}
+        )
+
+
 class GatewayTimeout(ApiError):
     status, code = 504, "GENERATION_TIMEOUT"
 
 
 class InternalError(ApiError):
     status, code = 500, "INTERNAL_ERROR"
+
+
+# -- rendering: the one place an error becomes a response ----------------------------------------
+
+Headers = list[tuple[bytes, bytes]]
+
+
+def render_error(
+    error: ApiError,
+    *,
+    as_image: bool = False,
+    request_id: str = "",
+    extra: Sequence[tuple[bytes, bytes]] = (),
+) -> tuple[int, Headers, bytes]:
+    """(status, headers, body) of an error: the JSON envelope, or with `as_image` the SVG
+    error image (for an `<img>` load, where browsers block JSON and show a broken icon).
+    `extra` (the server's own headers: request id, CORS, ...) comes before the error's."""
+    if as_image:
+        body, content_type = error.image(request_id), b"image/svg+xml"
+    else:
+        body, content_type = error.body(), b"application/json"
+    headers: Headers = [
+        (b"content-type", content_type),
+        (b"content-length", str(len(body)).encode()),
+        (b"cache-control", b"no-store"),
+        *extra,
+    ]
+    if as_image:  # opened as a page, it may run nothing
+        headers.append((b"content-security-policy", b"default-src 'none'"))
+    headers += [(k.lower().encode(), v.encode("latin-1")) for k, v in error.headers.items()]
+    return error.status, headers, body
+
+
+def wants_image(fetch_dest: bytes | None, accept: bytes | None) -> bool:
+    """Whether an error answer should be the SVG image: an `<img>` load asked for it
+    (Sec-Fetch-Dest: image, or an Accept that ranks images above JSON)."""
+    return fetch_dest == b"image" or (accept is not None and prefers_image(accept))
 
 
 # -- the error as an image ---------------------------------------------------------------------

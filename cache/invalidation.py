@@ -110,6 +110,12 @@ class LocalBus:
         return None
 
 
+def open_bus(redis_url: str | None) -> InvalidationBus:
+    """The invalidation log in Redis when a URL is given (single node or cluster), else direct
+    calls within this process."""
+    return RedisBus.from_url(redis_url) if redis_url else LocalBus()
+
+
 class RedisBus:
     """Across processes: the invalidation log in Redis; one reader task per process.
 

@@ -17,17 +17,14 @@ custom collectors.
 from __future__ import annotations
 
 import hmac
-from collections.abc import Awaitable, Callable, Iterator, MutableMapping
-from typing import Any
+from collections.abc import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from cache.errors import Unauthorized
-
-Message = MutableMapping[str, Any]
-Send = Callable[[Message], Awaitable[None]]
+from cache.asgi import ASGIApp, Message, Receive, Scope, Send
+from cache.errors import Unauthorized, render_error
 
 CONTENT_TYPE = b"text/plain; version=0.0.4; charset=utf-8"
 GENERATION_BUCKETS = (0.5, 1, 2, 4, 8, 15, 30, 60, 120, 240)
@@ -168,6 +165,8 @@ _READ_AT_SCRAPE = (
      "Torn or truncated disk cache files found, removed and not served."),
     ("disk_thread_reads", "banatie_disk_cache_thread_reads", CounterMetricFamily,
      "Disk cache hits read on a thread: the file was not in the page cache."),
+    ("disk_file_sends", "banatie_disk_cache_file_sends", CounterMetricFamily,
+     "Disk cache hits the fast path sent straight from the file (os.sendfile)."),
     ("origin_in_flight", "banatie_origin_generations_in_flight", GaugeMetricFamily,
      "Generations running at the origin."),
     ("fast_path", "banatie_fast_path_responses", CounterMetricFamily,
@@ -175,21 +174,17 @@ _READ_AT_SCRAPE = (
 )  # fmt: skip
 
 
-async def send_metrics(send: Send, metrics: Metrics, scope: Message, token: str = "") -> None:
+async def send_metrics(send: Send, metrics: Metrics, scope: Scope, token: str = "") -> None:
     """The `/metrics` response; with a token (METRICS_TOKEN), only for `Authorization:
     Bearer <token>`, else a 401 envelope."""
     head = scope["method"] == "HEAD"
     if token and not _bearer_matches(scope, token):
-        error = Unauthorized("GET /metrics needs Authorization: Bearer <METRICS_TOKEN>.")
-        body = error.body()
-        headers = [
-            (b"content-type", b"application/json"),
-            (b"content-length", str(len(body)).encode()),
-            (b"cache-control", b"no-store"),
-            (b"x-content-type-options", b"nosniff"),
-            (b"www-authenticate", b'Bearer realm="metrics"'),
-        ]
-        await send({"type": "http.response.start", "status": 401, "headers": headers})
+        error = Unauthorized(
+            "GET /metrics needs Authorization: Bearer <METRICS_TOKEN>.",
+            headers={"WWW-Authenticate": 'Bearer realm="metrics"'},
+        )
+        status, headers, body = render_error(error, extra=[(b"x-content-type-options", b"nosniff")])
+        await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": b"" if head else body})
         return
     body = metrics.render()
@@ -208,7 +203,7 @@ async def send_metrics(send: Send, metrics: Metrics, scope: Message, token: str 
     await send({"type": "http.response.body", "body": b"" if head else body})
 
 
-def _bearer_matches(scope: Message, token: str) -> bool:
+def _bearer_matches(scope: Scope, token: str) -> bool:
     for name, value in scope["headers"]:
         if name == b"authorization":
             scheme, _, given = value.strip().partition(b" ")
@@ -222,14 +217,12 @@ class MetricsEndpoint:
     """In front of an app that has no edge before it (the origin alone): counts its responses
     by route family and answers `GET /metrics`."""
 
-    def __init__(
-        self, app: Callable[..., Awaitable[None]], metrics: Metrics, token: str = ""
-    ) -> None:
+    def __init__(self, app: ASGIApp, metrics: Metrics, token: str = "") -> None:
         self.app = app
         self.metrics = metrics
         self.token = token
 
-    async def __call__(self, scope: Message, receive: Callable[..., Any], send: Send) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
             if scope["path"] == "/metrics" and scope["method"] in ("GET", "HEAD"):
                 return await send_metrics(send, self.metrics, scope, self.token)

@@ -388,17 +388,20 @@ class Settings:
     disk_cache_dir: Path = setting(  # noqa: RUF009 (a field(), as with str fields)
         Path("./data/disk-cache"),
         "DISK_CACHE_DIR",
-        "Directory of the edge's disk tier: responses kept on local disk between L1 and storage.",
+        "Directory of the disk tier: ready responses on local disk between L1 and object "
+        'storage, shared by every worker of the host and kept across restarts (see "The disk '
+        'tier"). Use a local disk; processes sharing it should share `DISK_CACHE_BYTES`.',
         under_data_dir="disk-cache",
         shown="`$DATA_DIR/disk-cache`",
     )
-    disk_cache_bytes: int | None = setting(
-        None,
+    disk_cache_bytes: int = setting(
+        10 * 1024**3,
         "DISK_CACHE_BYTES",
-        "Size of the edge's disk tier; `0`: off.",
-        parse=_int(),
-        shown="`10737418240` (10 GiB) for `banatie edge` and on S3; `0` (off) on a local "
-        "`OBJECTS_DIR`",
+        "Bound of the disk tier for the whole host (all workers), in bytes of its entry "
+        "files; SIEVE evicts past it. One entry takes at most an eighth of it, and at most "
+        "`L1_MAX_ENTRY_BYTES`. `0`: off. On for `banatie serve` on a local `OBJECTS_DIR` too: "
+        "a second copy of what was served, for 40 % less CPU per long-tail request.",
+        shown="`10737418240` (10 GiB)",
     )
     max_concurrent_generations: int = setting(
         16,

@@ -23,9 +23,11 @@ and in the page cache once. The index is one SQLite database in WAL mode: each w
 its own entries and evicts under `BEGIN IMMEDIATE`, so the byte bound holds for the host, not
 per worker. Reads never touch SQLite: a lookup is open + fstat + two preads on the event loop
 (about 16 µs for 100 KB on this machine; a thread-pool hop per read costs 100 µs more). Only a
-file outside the page cache (RWF_NOWAIT says so) is read on a thread. Which entries were read
-goes to the index in a batch once a second, for eviction. Writes, evictions and drops run on
-one writer thread per worker.
+file outside the page cache (RWF_NOWAIT says so) is read on a thread. A file a process has
+read whole (checksum and all) is remembered (`open_checked`): while it is the same file, the
+fast path sends it again with os.sendfile, the body never entering Python. Which entries were
+read goes to the index in a batch once a second, for eviction. Writes (in batches), evictions
+and drops run on one writer thread per worker.
 
 **Eviction** is SIEVE (Zhang et al., NSDI '24): insertion order plus a visited bit, a hand that
 spares visited entries once. It kept more of a Zipf(0.9) long tail than LRU (the comparison is
@@ -52,20 +54,21 @@ import sqlite3
 import struct
 import threading
 import time
+from collections import OrderedDict, deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import xxhash
 
 from cache.invalidation import EPOCH_KEY, EVERYTHING, STREAM, Invalidation
-from cache.lru import Entry, Headers
 from cache.settings import Settings
+from edge.lru import Entry, Headers
 
 log = logging.getLogger("banatie.edge.disk")
 
-DEFAULT_BYTES = 10 * 1024**3
 MAGIC = b"BNTDSK01"
 # magic, meta length, flags, body length, written at (ns), then the checksum of all before
 # it plus meta and body.
@@ -75,13 +78,15 @@ HEAD_SIZE = _HEAD.size + _CHECKSUM.size
 FIRST_READ = 4096  # header and meta, usually in one page
 MAX_META = 1 << 20
 SCHEMA = "1"
-MAX_PENDING_WRITES = 256  # beyond this, new entries are not kept (the response is sent anyway)
+MAX_PENDING_BYTES = 64 * 1024 * 1024  # bodies waiting to be written; more are not kept
+WRITE_BATCH = 64
 FLUSH_S = 1.0  # how often reads are recorded for eviction, and the totals refreshed
 HEARTBEAT_S = 1.0  # how often the followed position in the invalidation log is recorded
 CATCH_UP_RETRY_S = 1.0
 REPLAY_MARGIN_MS = 60_000  # replayed before the recorded position: events in flight, skew
 SWEEP_GRACE_S = 60.0  # files and rows younger than this are a write in progress
 EVICT_BATCH = 256
+MAX_CHECKED = 16_384  # files remembered as read whole, for os.sendfile (~600 bytes each)
 _RWF_NOWAIT = getattr(os, "RWF_NOWAIT", 0)
 
 
@@ -89,19 +94,50 @@ class WouldBlock(Exception):
     """The entry is on disk but not in the page cache: read it off the event loop."""
 
 
+@dataclass(slots=True)
+class FileBody:
+    """A response body to send straight from its file (os.sendfile); whoever sends it
+    closes `fd`."""
+
+    fd: int
+    offset: int
+    size: int
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+@dataclass(frozen=True, slots=True)
+class Checked:
+    """A file this process read whole and found sound: what it needs to send it again
+    without reading it (its identity on disk, the response's head)."""
+
+    ino: int
+    size: int
+    mtime_ns: int
+    written_ns: int
+    body_offset: int
+    status: int
+    wire: bytes
+    wire_not_modified: bytes
+    etag: str
+    image_id: str
+
+
 def digest_of(key: str) -> str:
     """The file name of an L1 key."""
     return xxhash.xxh3_128_hexdigest(key.encode("utf-8", "surrogatepass"))
 
 
-def open_disk_cache(settings: Settings, default_on: bool) -> DiskCache | None:
-    """The disk tier the settings ask for; DISK_CACHE_BYTES unset: `default_on` decides."""
-    size = settings.disk_cache_bytes
-    if size is None:
-        size = DEFAULT_BYTES if default_on else 0
-    if size <= 0:
+def open_disk_cache(settings: Settings) -> DiskCache | None:
+    """The disk tier the settings ask for (None: DISK_CACHE_BYTES=0)."""
+    if settings.disk_cache_bytes <= 0:
         return None
-    return DiskCache(settings.disk_cache_dir, size, max_entry_bytes=settings.l1_max_entry_bytes)
+    return DiskCache(
+        settings.disk_cache_dir,
+        settings.disk_cache_bytes,
+        max_entry_bytes=settings.l1_max_entry_bytes,
+    )
 
 
 class DiskCache:
@@ -129,20 +165,23 @@ class DiskCache:
         self.misses = 0
         self.evictions = 0
         self.repairs = 0  # torn or truncated files found and removed
-        self.skipped_writes = 0  # not kept: too many writes waiting
+        self.skipped_writes = 0  # not kept: MAX_PENDING_BYTES were waiting
         self.thread_reads = 0  # hits read on a thread: the file was not in the page cache
+        self.file_sends = 0  # hits handed out as files to send (open_checked)
         self.bytes = 0
         self.entries = 0
         self._nowait = _RWF_NOWAIT
         self._probe = bytearray(1)
         self._visited: set[str] = set()  # digests read since the last flush
+        self._checked: OrderedDict[str, Checked] = OrderedDict()  # LRU, MAX_CHECKED
         self._dropping: dict[str, int] = {}  # image id → drops in flight: never served
         self._dropping_lock = threading.Lock()
         self._cleared_ns = 0  # entries written before this are gone (EVERYTHING)
         self._started_ns = time.time_ns()
         self._trust_from_ns = 0  # until the catch-up is done: entries older than the start
-        self._submitted = 0  # writes queued (event loop) …
-        self._completed = 0  # … and done (writer thread)
+        self._queue: deque[tuple[str, str, Entry, int]] = deque()  # (digest, key, entry, ns)
+        self._queued_bytes = 0  # body bytes queued (event loop) …
+        self._written_bytes = 0  # … and taken off the queue (writer thread)
         self._tmp_names = itertools.count()
         self._warned_at = -60.0
         self._tasks: list[asyncio.Task[None]] = []
@@ -160,17 +199,57 @@ class DiskCache:
         miss: the caller asks `get` next). Raises WouldBlock when the file is not in the page
         cache, so a sync caller never waits on the disk."""
         digest = digest_of(key)
-        entry = self._read(digest, key, nowait=True)
+        entry = self._read(digest, key, nowait=True, remember=True)
         if entry is not None:
             self.hits += 1
             self._visited.add(digest)
         return entry
 
+    def open_checked(self, key: str) -> tuple[Checked, FileBody] | None:
+        """A file this process has read whole (checksum and all) and that is still the same
+        file, in the page cache: its head, and its body to send from the file without
+        reading it. None: read it with `peek` (which checks it, and remembers it)."""
+        digest = digest_of(key)
+        checked = self._checked.get(digest)
+        if checked is None:
+            return None
+        if (
+            checked.written_ns < self._cleared_ns
+            or checked.written_ns < self._trust_from_ns
+            or checked.image_id in self._dropping
+        ):
+            return None
+        try:
+            fd = os.open(self._path(digest), os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            del self._checked[digest]
+            return None
+        try:
+            st = os.fstat(fd)
+            same = (st.st_ino, st.st_size, st.st_mtime_ns) == (
+                checked.ino,
+                checked.size,
+                checked.mtime_ns,
+            )
+            if not same or (self._nowait and not self._cached(fd, st.st_size)):
+                if not same:
+                    del self._checked[digest]  # replaced: the next read checks it again
+                os.close(fd)
+                return None
+        except BaseException:
+            os.close(fd)
+            raise
+        self._checked.move_to_end(digest)
+        self.hits += 1
+        self.file_sends += 1
+        self._visited.add(digest)
+        return checked, FileBody(fd, checked.body_offset, checked.size - checked.body_offset)
+
     async def get(self, key: str) -> Entry | None:
         """The entry for `key`, or None; a file outside the page cache is read on a thread."""
         digest = digest_of(key)
         try:
-            entry = self._read(digest, key, nowait=True)
+            entry = self._read(digest, key, nowait=True, remember=True)
         except WouldBlock:
             self.thread_reads += 1
             entry = await asyncio.get_running_loop().run_in_executor(
@@ -183,14 +262,17 @@ class DiskCache:
         self._visited.add(digest)
         return entry
 
-    def _read(self, digest: str, key: str, nowait: bool) -> Entry | None:
+    def _read(self, digest: str, key: str, nowait: bool, remember: bool = False) -> Entry | None:
+        """The entry in the file, checked whole; `remember` (event loop only) notes the file
+        as sound, so `open_checked` may send it without reading it."""
         path = self._path(digest)
         try:
             fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         except OSError:
             return None
         try:
-            size = os.fstat(fd).st_size
+            st = os.fstat(fd)
+            size = st.st_size
             if size < HEAD_SIZE:
                 self._torn(path, digest, "shorter than its header")
                 return None
@@ -238,6 +320,14 @@ class DiskCache:
             return None
         if entry.image_id in self._dropping:
             return None
+        if remember:
+            self._checked[digest] = Checked(
+                st.st_ino, size, st.st_mtime_ns, written_ns, meta_end, entry.status,
+                wire, wire_not_modified, entry.etag, entry.image_id,
+            )  # fmt: skip
+            self._checked.move_to_end(digest)
+            if len(self._checked) > MAX_CHECKED:
+                self._checked.popitem(last=False)
         return entry
 
     def _cached(self, fd: int, size: int) -> bool:
@@ -264,15 +354,18 @@ class DiskCache:
     # -- writes (queued from the event loop, done on the writer thread) ------------------------
 
     def put(self, key: str, entry: Entry) -> None:
-        """Keep `entry` under `key`; written on the writer thread, skipped when too many wait."""
-        if len(entry.body) > self.max_entry_bytes or entry.image_id in self._dropping:
+        """Keep `entry` under `key`: queued, written on the writer thread in batches; not kept
+        when MAX_PENDING_BYTES already wait (the response was sent anyway)."""
+        size = len(entry.body)
+        if size > self.max_entry_bytes or entry.image_id in self._dropping:
             return
-        if self._submitted - self._completed >= MAX_PENDING_WRITES:
+        if self._queued_bytes - self._written_bytes + size > MAX_PENDING_BYTES:
             self.skipped_writes += 1
             return
-        self._submitted += 1
+        self._queued_bytes += size
         # The time is taken now: a clear heard after this moment drops the entry.
-        self._submit(self._write, digest_of(key), key, entry, time.time_ns())
+        self._queue.append((digest_of(key), key, entry, time.time_ns()))
+        self._submit(self._write_queued)
 
     def drop_image(self, image_id: str) -> None:
         """Every entry of this image: unservable now, its files removed on the writer thread."""
@@ -282,6 +375,7 @@ class DiskCache:
 
     def clear(self) -> None:
         """Every entry written until now: unservable now, removed on the writer thread."""
+        self._checked.clear()
         self._cleared_ns = time.time_ns()
         self._submit(self._clear, self._cleared_ns)
 
@@ -315,48 +409,78 @@ class DiskCache:
             log.exception("disk cache: %s failed", job.__name__)
             return None
 
-    def _write(self, digest: str, key: str, entry: Entry, written_ns: int) -> None:
-        try:
-            self._write_entry(digest, key, entry, written_ns)
-        finally:
-            self._completed += 1
-
-    def _write_entry(self, digest: str, key: str, entry: Entry, written_ns: int) -> None:
-        if written_ns < self._cleared_ns or entry.image_id in self._dropping:
+    def _write_queued(self) -> None:
+        """Everything queued, in one batch: one transaction for the rows, one for eviction,
+        one look for rows another worker evicted meanwhile. Under a flood of misses the
+        writer thread gets the GIL only now and then; a batch needs it far fewer times."""
+        batch: list[tuple[str, str, Entry, int]] = []
+        while self._queue and len(batch) < WRITE_BATCH:
+            batch.append(self._queue.popleft())
+        if not batch:
             return
-        meta = b"\x00".join(
-            (
-                key.encode("utf-8", "surrogatepass"),
-                str(entry.status).encode(),
-                entry.etag.encode("latin-1"),
-                entry.image_id.encode("latin-1"),
-                _wire(entry.headers),
-                _wire(entry.not_modified_headers),
+        try:
+            self._write_batch(batch)
+        finally:
+            self._written_bytes += sum(len(entry.body) for _, _, entry, _ in batch)
+
+    def _write_batch(self, batch: list[tuple[str, str, Entry, int]]) -> None:
+        files = []
+        for digest, key, entry, written_ns in batch:
+            if written_ns < self._cleared_ns or entry.image_id in self._dropping:
+                continue
+            meta = b"\x00".join(
+                (
+                    key.encode("utf-8", "surrogatepass"),
+                    str(entry.status).encode(),
+                    entry.etag.encode("latin-1"),
+                    entry.image_id.encode("latin-1"),
+                    _wire(entry.headers),
+                    _wire(entry.not_modified_headers),
+                )
             )
-        )
-        body = entry.body
-        head = _HEAD.pack(MAGIC, len(meta), 0, len(body), written_ns)
-        check = xxhash.xxh3_64(head)
-        check.update(meta)
-        check.update(body)
-        head += _CHECKSUM.pack(check.intdigest())
-        size = len(head) + len(meta) + len(body)
-        # The row first: the byte count may exceed what is on disk, never fall short of it.
+            head = _HEAD.pack(MAGIC, len(meta), 0, len(entry.body), written_ns)
+            check = xxhash.xxh3_64(head)
+            check.update(meta)
+            check.update(entry.body)
+            head += _CHECKSUM.pack(check.intdigest())
+            files.append((digest, entry.image_id, written_ns, [head, meta, entry.body]))
+        if not files:
+            return
+        # The rows first: the byte count may exceed what is on disk, never fall short of it.
+        now = time.time_ns()
         with self._transaction() as db:
-            db.execute(
+            db.executemany(
                 "INSERT INTO entries (hash, image_id, size, written_ns, used, visited)"
                 " VALUES (?, ?, ?, ?, ?, 0) ON CONFLICT (hash) DO UPDATE SET"
                 " image_id = excluded.image_id, size = excluded.size,"
                 " written_ns = excluded.written_ns, used = excluded.used, visited = 1",
-                (digest, entry.image_id, size, written_ns, time.time_ns()),
+                [
+                    (digest, image_id, sum(map(len, parts)), written_ns, now)
+                    for digest, image_id, written_ns, parts in files
+                ],
             )
         self._make_room()
+        written = [digest for digest, _, _, parts in files if self._write_file(digest, parts)]
+        # Another worker may have evicted a row meanwhile: then its file goes too.
+        kept: set[str] = set()
+        for start in range(0, len(written), 500):
+            chunk = written[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            query = f"SELECT hash FROM entries WHERE hash IN ({marks})"
+            kept.update(row[0] for row in self._db_().execute(query, chunk))
+        for digest in written:
+            if digest not in kept:
+                with contextlib.suppress(OSError):
+                    os.unlink(self._path(digest))
+
+    def _write_file(self, digest: str, parts: list[bytes]) -> bool:
+        """Temp file, then rename into place: a reader sees the whole file or none."""
         tmp = f"{self._tmp}{digest}.{os.getpid()}.{next(self._tmp_names)}"
         path = self._path(digest)
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
             try:
-                _write_all(fd, [head, meta, body])
+                _write_all(fd, parts)
             finally:
                 os.close(fd)
             try:
@@ -371,12 +495,8 @@ class DiskCache:
             if time.monotonic() - self._warned_at > 60:  # a full disk says so once a minute
                 self._warned_at = time.monotonic()
                 log.warning("disk cache: entry not kept (%s)", e)
-            return
-        # Another worker may have evicted the row meanwhile: then the file goes too.
-        if self._db_().execute("SELECT 1 FROM entries WHERE hash = ?", (digest,)).fetchone():
-            return
-        with contextlib.suppress(OSError):
-            os.unlink(path)
+            return False
+        return True
 
     def _make_room(self) -> None:
         while True:

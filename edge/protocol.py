@@ -18,6 +18,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import resource
 from collections.abc import Callable
 from http import HTTPStatus
@@ -25,12 +26,15 @@ from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from cache.errors import ValidationError
+from cache.errors import ValidationError, render_error
 from cache.settings import Settings
+from edge.disk_cache import FileBody
+from edge.responses import CORS
 
 Headers = list[tuple[bytes, bytes]]
-# (method, request target, headers) → (status, header lines "name: value\r\n"..., body)
-FastHit = Callable[[bytes, bytes, Headers], "tuple[int, bytes, bytes] | None"]
+# (method, request target, headers) → (status, header lines "name: value\r\n"..., body);
+# the body is bytes, or a disk cache file's FileBody (fd, offset, size, close()) to sendfile.
+FastHit = Callable[[bytes, bytes, Headers], "tuple[int, bytes, bytes | FileBody] | None"]
 
 _STATUS_LINES = {int(s): b"HTTP/1.1 %d %s\r\n" % (int(s), s.phrase.encode()) for s in HTTPStatus}
 # Descriptors kept for everything but client sockets: database, redis and S3 pools, files.
@@ -52,7 +56,8 @@ def _found(app: Any, name: str) -> Any:
 
 def fast_path_of(app: Any) -> FastHit | None:
     """The `fast_hit` of the app behind any wrappers (uvicorn middleware, the lazy builder)."""
-    return _found(app, "fast_hit")
+    fast: FastHit | None = _found(app, "fast_hit")
+    return fast
 
 
 class ConnectionGuard:
@@ -133,6 +138,7 @@ class EdgeHttpTools(HttpToolsProtocol):
     _fast: FastHit | None = None  # the app's, once found
     _defaults: tuple[object, bytes] = (None, b"")  # server_state.default_headers, as lines
     _guard: ConnectionGuard
+    _socket_fd = -2  # -2: not looked up yet; -1: not a plain socket (TLS): no sendfile
 
     # uvicorn narrows the base's BaseTransport to Transport (and ignores the same error itself).
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -196,7 +202,12 @@ class EdgeHttpTools(HttpToolsProtocol):
         if self._defaults[0] is not defaults:
             self._defaults = (defaults, b"".join(k + b": " + v + b"\r\n" for k, v in defaults))
         end = b"\r\n" if keep_alive else b"connection: close\r\n\r\n"
-        self.transport.write(b"".join((_STATUS_LINES[status], self._defaults[1], lines, end, body)))
+        if isinstance(body, bytes):
+            self.transport.write(
+                b"".join((_STATUS_LINES[status], self._defaults[1], lines, end, body))
+            )
+        else:
+            self._send_file(b"".join((_STATUS_LINES[status], self._defaults[1], lines, end)), body)
         self._fast_done = True
         self.server_state.total_requests += 1
         if not keep_alive:
@@ -208,22 +219,70 @@ class EdgeHttpTools(HttpToolsProtocol):
             )
         return True
 
+    def _send_file(self, head: bytes, body: FileBody) -> None:
+        """The head, then the body straight from its file with os.sendfile (the kernel copies
+        page cache to socket; nothing passes through this process), when nothing waits in the
+        transport's buffer, so the bytes stay in order; what cannot go now (a full socket
+        buffer, TLS, anything else in the way) is read and handed to the transport."""
+        try:
+            sent = 0
+            fd = self._plain_fd()
+            if fd is not None and self.transport.get_write_buffer_size() == 0:
+                written = _write_some(fd, head)
+                if written == len(head):
+                    sent = _sendfile_some(fd, body.fd, body.offset, body.size)
+                else:
+                    self.transport.write(head[written:])
+            else:
+                self.transport.write(head)
+            if sent < body.size:
+                self.transport.write(os.pread(body.fd, body.size - sent, body.offset + sent))
+        except OSError:
+            self.transport.close()  # the client went away mid-answer
+        finally:
+            body.close()
+
+    def _plain_fd(self) -> int | None:
+        """The connection's socket, when bytes written to it go to the client as they are."""
+        fd = self._socket_fd
+        if fd == -2:
+            sock = self.transport.get_extra_info("socket")
+            plain = sock is not None and self.transport.get_extra_info("sslcontext") is None
+            fd = self._socket_fd = sock.fileno() if plain else -1
+        return fd if fd >= 0 else None
+
     def send_400_response(self, msg: str) -> None:
         error = ValidationError(
             "The request could not be read: it is malformed or its URL is too long."
         )
-        body = error.body()
-        head = [b"HTTP/1.1 400 Bad Request\r\n"]
-        head += [
-            name + b": " + value + b"\r\n" for name, value in self.server_state.default_headers
-        ]
-        head += [
-            b"content-type: application/json\r\n",
-            b"content-length: " + str(len(body)).encode() + b"\r\n",
-            b"cache-control: no-store\r\n",
-            b"x-content-type-options: nosniff\r\n",
-            b"connection: close\r\n",
-            b"\r\n",
-        ]
-        self.transport.write(b"".join(head) + body)
+        extra = [(b"x-content-type-options", b"nosniff"), (b"connection", b"close")]
+        if getattr(self, "url", b"").startswith(b"/cdn/"):  # as far as it was read
+            extra += CORS  # a public image route: any page may read why it failed
+        status, headers, body = render_error(error, extra=extra)
+        head = [_STATUS_LINES[status]]
+        head += [k + b": " + v + b"\r\n" for k, v in self.server_state.default_headers]
+        head += [k + b": " + v + b"\r\n" for k, v in headers]
+        self.transport.write(b"".join(head) + b"\r\n" + body)
         self.transport.close()
+
+
+def _write_some(fd: int, data: bytes) -> int:
+    """What of `data` the non-blocking socket took now."""
+    try:
+        return os.write(fd, data)
+    except BlockingIOError:
+        return 0
+
+
+def _sendfile_some(fd: int, file_fd: int, offset: int, size: int) -> int:
+    """What of the file's bytes [offset, offset + size) the non-blocking socket took now."""
+    sent = 0
+    while sent < size:
+        try:
+            n = os.sendfile(fd, file_fd, offset + sent, size - sent)
+        except BlockingIOError:
+            break
+        if n == 0:
+            break
+        sent += n
+    return sent

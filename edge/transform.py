@@ -29,7 +29,7 @@ from PIL import Image, features
 
 from cache.errors import UnsupportedMediaType, UpstreamUnavailable, ValidationError
 from cache.orientation import SWAPS_SIDES, UPRIGHT, orientation
-from cache.variants import VariantSpec
+from edge.variants import VariantSpec
 
 T = TypeVar("T")
 

@@ -1,6 +1,6 @@
 """Variants through the same tiers as originals: index → manifest → a coalesced transform.
 
-A variant is named by `var:{xxh3_128(canonical)}` (cache/variants.py): the source's content
+A variant is named by `var:{xxh3_128(canonical)}` (edge/variants.py): the source's content
 hash, the normalised parameters and, for crops, the focal point. Its bytes are stored at
 `{org}/{project}/var/{digest}`, its record (a LiveRecord) in the index and as a manifest
 beside the bytes, so any edge, after any restart or Redis loss, finds it instead of encoding
@@ -20,14 +20,15 @@ import os
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from cache.coalesce import Coalescer, Locks
 from cache.errors import VariantLimitReached
 from cache.index import Index, LiveRecord
 from cache.index.redis import RedisIndex
-from cache.lru import Headers
 from cache.objects import ObjectNotFound, ObjectStore
 from cache.settings import Settings
-from cache.variants import (
+from edge.coalesce import Coalescer, Locks
+from edge.lru import Headers
+from edge.transform import Limits, TransformPool, avif_supported, render
+from edge.variants import (
     CONTENT_TYPES,
     VariantParser,
     VariantSpec,
@@ -37,7 +38,6 @@ from cache.variants import (
     variant_object_key,
     want,
 )
-from edge.transform import Limits, TransformPool, avif_supported, render
 
 log = logging.getLogger("banatie.edge.variants")
 

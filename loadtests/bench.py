@@ -563,25 +563,6 @@ def seed_live_keys(objects_dir: Path, count: int, size: int) -> list[str]:
     return paths
 
 
-async def _fill(base: str, paths: list[str], connections: int) -> dict[str, int]:
-    pool = await open_many(base, connections)
-    queue: asyncio.Queue[str] = asyncio.Queue()
-    for path in paths:
-        queue.put_nowait(path)
-    statuses: dict[str, int] = {}
-
-    async def worker(connection: Connection) -> None:
-        while not queue.empty():
-            response = await connection.get(queue.get_nowait())
-            statuses[str(response.status)] = statuses.get(str(response.status), 0) + 1
-
-    try:
-        await asyncio.gather(*(worker(c) for c in pool))
-    finally:
-        await asyncio.gather(*(c.close() for c in pool))
-    return statuses
-
-
 def memory(
     name: str,
     process: Process,
@@ -597,12 +578,12 @@ def memory(
     )
     before = rss_bytes(process.pid)
     started = time.perf_counter()
-    first = client.run(_fill(base, paths, 16))
+    first = client.run(client.get_all(base, paths, 16))
     if set(first) != {"200"}:
         results.notes.append(f"memory ({name}): first pass answered {first}")
     seconds = time.perf_counter() - started
     after_one = rss_bytes(process.pid)
-    second = client.run(_fill(base, paths, 16))
+    second = client.run(client.get_all(base, paths, 16))
     after_two = rss_bytes(process.pid)
     entry = {
         "process": name,

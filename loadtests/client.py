@@ -140,6 +140,24 @@ async def open_many(base_url: str, count: int, at_once: int = 64) -> list[Connec
     return list(await asyncio.gather(*(one() for _ in range(count))))
 
 
+async def get_all(base_url: str, paths: list[str], connections: int) -> dict[str, int]:
+    """GET each of `paths` once, over `connections` keep-alive connections; a count per status."""
+    pool = await open_many(base_url, connections)
+    queue = list(reversed(paths))
+    statuses: dict[str, int] = {}
+
+    async def worker(connection: Connection) -> None:
+        while queue:
+            response = await connection.get(queue.pop())
+            statuses[str(response.status)] = statuses.get(str(response.status), 0) + 1
+
+    try:
+        await asyncio.gather(*(worker(c) for c in pool))
+    finally:
+        await asyncio.gather(*(c.close() for c in pool))
+    return statuses
+
+
 def run(main):  # type: ignore[no-untyped-def]
     """asyncio.run on uvloop when it is installed (a lighter client loop)."""
     try:

@@ -155,7 +155,7 @@ class GeminiStub:
             return await _send_json(send, 400, {"error": {"code": 400, "message": "not JSON"}})
         prompt = _prompt_of(request)
         if m := _DELAY.search(prompt):
-            await asyncio.sleep(float(m.group(1)))
+            await asyncio.sleep(float(m.group(1)))  # the latency the prompt asks for
         if "image" not in model:  # the text model: prompt enhancement
             return await _send_raw(send, 200, _answer({"text": prompt}, model))
         noise = _NOISE.search(prompt)

@@ -33,12 +33,14 @@ from typing import Any
 from urllib.parse import quote
 
 from loadtests import wrk
-from loadtests.client import Connection, open_many
+from loadtests.client import get_all
 from loadtests.processes import (
     Process,
     Processes,
+    TimedOut,
     children,
     nginx_worker,
+    poll,
     rss_bytes,
     run_banatie,
     start_banatie,
@@ -161,33 +163,25 @@ def worker_rss(process: Process) -> list[int]:
     return found or [rss_bytes(process.pid)]
 
 
-async def _fill(base: str, paths: list[str], connections: int) -> dict[str, int]:
-    pool = await open_many(base, connections)
-    queue = list(reversed(paths))
-    statuses: dict[str, int] = {}
-
-    async def worker(connection: Connection) -> None:
-        while queue:
-            response = await connection.get(queue.pop())
-            statuses[str(response.status)] = statuses.get(str(response.status), 0) + 1
-
-    try:
-        await asyncio.gather(*(worker(c) for c in pool))
-    finally:
-        await asyncio.gather(*(c.close() for c in pool))
-    return statuses
-
-
 def fill(base: str, paths: list[str], connections: int = 8) -> dict[str, int]:
-    return asyncio.run(_fill(base, paths, connections))
+    return asyncio.run(get_all(base, paths, connections))
 
 
-def wait_for(condition: Any, what: str, timeout_s: float = 120) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"timed out waiting for {what}")
-        time.sleep(0.2)
+def on_disk(base: str, paths: list[str]) -> None:
+    """Wait until the disk tier holds every path; ask again for what it did not keep (a
+    flood of misses outruns the writer, which then skips writes rather than queue them)."""
+    for _ in range(5):
+        try:
+            poll(
+                lambda: metrics(base).get("banatie_disk_cache_entries", 0) >= len(paths),
+                "the disk cache to hold the catalogue",
+                timeout_s=20,
+                poll_s=0.2,
+            )
+            return
+        except TimedOut:
+            fill(base, paths)
+    raise RuntimeError(f"{base}: the disk cache never held all {len(paths)} images")
 
 
 # -- the run ----------------------------------------------------------------------------------
@@ -198,7 +192,8 @@ def measure(
 ) -> dict[str, Any]:
     """Everything above; `banatie_env(stub_url, data_dir, **extra)` is bench.py's."""
     items, size, l1_bytes = args.longtail_images, args.longtail_kb * KB, args.longtail_l1_mb * MB
-    duration, warmup = args.duration, max(args.warmup, 3.0)
+    # Long enough for the edge to have read every disk file once (then it sends them).
+    duration, warmup = args.duration, (3.0 if args.quick else max(args.warmup, 10.0))
     conns, threads = args.connections, args.threads
     out: dict[str, Any] = {
         "images": items,
@@ -235,9 +230,11 @@ def measure(
         )
         return entry
 
-    def edge_row(name: str, base: str, process: Process, s3: S3Log) -> dict[str, Any]:
+    def edge_row(
+        name: str, base: str, process: Process, s3: S3Log, one_worker: bool = True
+    ) -> dict[str, Any]:
         before, gets = metrics(base), s3.gets()
-        entry = row(name, base, process.pid)
+        entry = row(name, base, process.pid if one_worker else 0)  # 0: CPU not counted
         entry["hits"] = tier_hits(before, metrics(base))
         entry["s3_gets"] = s3.gets() - gets
         entry["s3_gets_per_1000"] = 1000 * entry["s3_gets"] / max(1, entry["requests"])
@@ -278,10 +275,7 @@ def measure(
     if set(statuses) != {"200"}:
         raise RuntimeError(f"making the catalogue answered {statuses}")
     out["seed_s"] = time.perf_counter() - started
-    wait_for(
-        lambda: metrics(edge_url).get("banatie_disk_cache_entries", 0) >= items,
-        "the edge's disk cache to hold the catalogue",
-    )
+    on_disk(edge_url, paths)
     out["rss_after_seed_bytes"] = group_rss(edge)
 
     say(f"edge (L1 {l1_bytes // MB} MB + disk) under Zipf({ZIPF_S}): warm-up {warmup:g} s")
@@ -294,7 +288,11 @@ def measure(
     say("nginx proxy_cache in front of the same edge: filling its cache")
     fill(proxy_url, paths)
     wrk.run(proxy_url + paths[0], warmup, conns, threads, script=script)
-    row("nginx proxy_cache → edge", proxy_url, nginx_worker(nginx))
+    worker = nginx_worker(nginx)
+    row("nginx proxy_cache → edge", proxy_url, worker)
+    # Again, alternating: the machine's other load moves between rows, the ratio less so.
+    edge_row("edge: warm (again)", edge_url, edge, s3)
+    row("nginx proxy_cache → edge (again)", proxy_url, worker)
     processes.stop(nginx)
 
     say("edge restarted (disk kept, L1 empty): no warm-up")
@@ -306,12 +304,14 @@ def measure(
     say("edge with --workers 2 (one disk cache, two L1s)")
     edge, edge_url = start_banatie(processes, "lt-edge-2", "edge", edge_env, workers=2)
     wrk.run(edge_url + paths[0], warmup, conns, threads, script=script)
-    two = edge_row("edge --workers 2: warm", edge_url, edge, s3)
+    two = edge_row("edge --workers 2: warm", edge_url, edge, s3, one_worker=False)
     two["worker_rss_bytes"] = worker_rss(edge)
     processes.stop(edge)
     processes.stop(origin)
 
-    out["serve_local"] = _serve_local(processes, stub_url, work, paths, banatie_env, row, args)
+    out["serve_local"] = _serve_local(
+        processes, stub_url, work, paths, banatie_env, row, args, script
+    )
     processes.stop(moto)
     processes.stop(redis)
 
@@ -333,6 +333,7 @@ def _serve_local(
     banatie_env: Any,
     row: Any,
     args: argparse.Namespace,
+    script: str,
 ) -> list[dict[str, Any]]:
     """`banatie serve` on a local object store: with and without the disk tier."""
     found = []
@@ -352,11 +353,9 @@ def _serve_local(
         if set(statuses) != {"200"}:
             raise RuntimeError(f"{label}: {statuses}")
         if disk != "0":
-            wait_for(
-                lambda base=base: metrics(base).get("banatie_disk_cache_entries", 0) >= len(paths),
-                "the serve disk cache to hold the catalogue",
-            )
-        wrk.run(base + paths[0], max(args.warmup, 3.0), args.connections, args.threads)
+            on_disk(base, paths)
+        warmup = 3.0 if args.quick else max(args.warmup, 10.0)
+        wrk.run(base + paths[0], warmup, args.connections, args.threads, script=script)
         before = metrics(base)
         entry = row(label, base, serve.pid)
         entry["hits"] = tier_hits(before, metrics(base))
@@ -386,6 +385,10 @@ def _create_bucket(endpoint: str, bucket: str) -> None:
     asyncio.run(create())
 
 
+def _cpu(row: dict[str, Any]) -> str:
+    return f"{row['cpu_us']:.0f}" if row.get("cpu_us") else ""
+
+
 def _tiers(hits: dict[str, float]) -> str:
     total = sum(hits.values()) or 1
     return ", ".join(f"{k} {v / total:.1%}" for k, v in hits.items() if v)
@@ -404,8 +407,8 @@ def compare_policies(folder: Path, quick: bool = False) -> list[dict[str, Any]]:
 
     Sizes scaled down (2,000 images of 8 KB, an L1 of 1/4 of them) so the replay takes
     seconds: with equal sizes a policy's hit ratio depends on counts, not bytes."""
-    from cache.lru import Entry, ResponseCache
     from edge.disk_cache import DiskCache
+    from edge.lru import Entry, ResponseCache
 
     items, size = (1000, 8 * KB) if quick else (2000, 8 * KB)
     requests = 40_000 if quick else 120_000
@@ -449,10 +452,14 @@ def compare_policies(folder: Path, quick: bool = False) -> list[dict[str, Any]]:
 
 def markdown(found: dict[str, Any], started: str, command: str, load: tuple[str, str]) -> str:
     rows = {r["target"]: r for r in found["rows"]}
-    warm, nginx = rows["edge: warm"], rows["nginx proxy_cache → edge"]
+    warm = rows["edge: warm"]
+    pairs = [
+        (rows[f"edge: warm{again}"]["rps"], rows[f"nginx proxy_cache → edge{again}"]["rps"])
+        for again in ("", " (again)")
+    ]
     restarted = rows["edge: just restarted"]
     two = rows["edge --workers 2: warm"]
-    ratio = warm["rps"] / nginx["rps"] if nginx["rps"] else float("nan")
+    ratio = sum(e for e, _ in pairs) / max(1.0, sum(n for _, n in pairs))
     budget = found["l1_bytes"] + 150 * MB
     lines = [
         f"Run `{command}` at {started}; load average {load[0]} before, {load[1]} after "
@@ -462,9 +469,9 @@ def markdown(found: dict[str, Any], started: str, command: str, load: tuple[str,
         f"wrk replays one Zipf({found['zipf_s']}) order (seed {found['seed']}) against every "
         f"target, {found['duration_s']:g} s a row.",
         "",
-        "| target | req/s | p50 ms | p99 ms | hits: L1 / disk / index / miss | "
-        "S3 GETs per 1,000 | RSS MB |",
-        "|---|---:|---:|---:|---|---:|---:|",
+        "| target | req/s | p50 ms | p99 ms | server CPU µs/req | hits: L1 / disk / index / miss "
+        "| S3 GETs per 1,000 | RSS MB |",
+        "|---|---:|---:|---:|---:|---|---:|---:|",
     ]
     for r in found["rows"]:
         if r["target"].startswith("banatie serve"):
@@ -478,7 +485,7 @@ def markdown(found: dict[str, Any], started: str, command: str, load: tuple[str,
         rss = f"{r['rss_bytes'] / MB:.0f}" if "rss_bytes" in r else ""
         lines.append(
             f"| {r['target']} | {r['rps']:,.0f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | "
-            f"{share} | {gets} | {rss} |"
+            f"{_cpu(r)} | {share} | {gets} | {rss} |"
         )
     for r in found["serve_local"]:
         hits = r["hits"]
@@ -486,14 +493,16 @@ def markdown(found: dict[str, Any], started: str, command: str, load: tuple[str,
         share = " / ".join(f"{hits[k] / total:.1%}" for k in ("l1", "disk", "index", "miss"))
         lines.append(
             f"| {r['target']} | {r['rps']:,.0f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | "
-            f"{share} |  | {r['rss_bytes'] / MB:.0f} |"
+            f"{_cpu(r)} | {share} |  | {r['rss_bytes'] / MB:.0f} |"
         )
     workers = two.get("worker_rss_bytes", [])
     met = {True: "**met**", False: "**not met**"}
     lines += [
         "",
-        f"- Edge / nginx proxy_cache: **{ratio:.2f}x** (target ≥ 0.7x, stretch 1.0x): "
-        f"{met[ratio >= 0.7]}.",
+        f"- Edge / nginx proxy_cache: **{ratio:.2f}x** (req/s of the two edge rows over the two "
+        f"nginx rows, measured alternately; {pairs[0][0] / pairs[0][1]:.2f}x and "
+        f"{pairs[1][0] / pairs[1][1]:.2f}x pair by pair; target ≥ 0.7x, stretch 1.0x): "
+        f"{met[ratio >= 0.7]}{' (stretch too)' if ratio >= 1 else ''}.",
         f"- S3 GETs per 1,000 requests: {warm['s3_gets_per_1000']:.2f} after warm-up, "
         f"{restarted['s3_gets_per_1000']:.2f} right after a restart (target ≤ 1): "
         f"{met[warm['s3_gets_per_1000'] <= 1 and restarted['s3_gets_per_1000'] <= 1]}.",

@@ -17,9 +17,11 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 START_TIMEOUT_S = 60.0
+T = TypeVar("T")
 
 # Settings a caller's environment must not leak into a benchmark server.
 _BANATIE_ENV = (
@@ -38,6 +40,23 @@ _BANATIE_ENV = (
 
 class StartError(RuntimeError):
     """A server did not come up; the message ends with the tail of its log."""
+
+
+class TimedOut(RuntimeError):
+    """A condition `poll` waited on did not come true in time."""
+
+
+def poll(condition: Callable[[], T], what: str, timeout_s: float, poll_s: float = 0.05) -> T:
+    """`condition()`'s first true value, polled (for another process's state, which no
+    event tells); TimedOut naming `what` after `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        held = condition()
+        if held:
+            return held
+        if time.monotonic() > deadline:
+            raise TimedOut(f"timed out after {timeout_s:g} s waiting for {what}")
+        time.sleep(poll_s)
 
 
 def free_port() -> int:
@@ -115,18 +134,14 @@ class Process:
         return "\n".join(text)
 
     def wait_until(self, ready: Callable[[], bool], timeout_s: float = START_TIMEOUT_S) -> None:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if not self.alive():
-                raise StartError(
-                    f"{self.name} exited with {self.popen.returncode}; {self.log}:\n{self.tail()}"
-                )
-            if ready():
-                return
-            time.sleep(0.05)
-        raise StartError(
-            f"{self.name} not ready after {timeout_s:.0f} s; {self.log}:\n{self.tail()}"
-        )
+        try:
+            poll(lambda: not self.alive() or ready(), f"{self.name} to be ready", timeout_s)
+        except TimedOut as e:
+            raise StartError(f"{e}; {self.log}:\n{self.tail()}") from None
+        if not self.alive():
+            raise StartError(
+                f"{self.name} exited with {self.popen.returncode}; {self.log}:\n{self.tail()}"
+            )
 
     def stop(self, timeout_s: float = 15.0) -> None:
         """SIGTERM to the whole group, SIGKILL after `timeout_s`."""
@@ -271,7 +286,7 @@ def start_bare(processes: Processes, folder: Path) -> tuple[Process, str]:
 
 
 def banatie_command(command: str, port: int, workers: int = 1) -> list[str]:
-    return [sys.executable, "-m", "edge.cli", command, "--port", str(port), f"--workers={workers}"]
+    return [sys.executable, "-m", "banatie", command, "--port", str(port), f"--workers={workers}"]
 
 
 def start_banatie(
@@ -293,7 +308,7 @@ def start_banatie(
 def run_banatie(args: list[str], env: dict[str, str]) -> str:
     """A one-shot `banatie` command (migrate, keys create); returns its stdout."""
     done = subprocess.run(
-        [sys.executable, "-m", "edge.cli", *args],
+        [sys.executable, "-m", "banatie", *args],
         env=env,
         cwd=PROJECT_ROOT,
         capture_output=True,
@@ -395,8 +410,8 @@ def start_nginx(
 
 def nginx_worker(process: Process) -> int:
     """The pid of the (single) nginx worker, whose CPU time is the server's."""
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
+
+    def worker() -> int | None:
         for pid in children(process.pid):  # also the cache manager and loader
             try:
                 with open(f"/proc/{pid}/cmdline", "rb") as f:
@@ -404,8 +419,12 @@ def nginx_worker(process: Process) -> int:
                         return pid
             except OSError:
                 continue
-        time.sleep(0.05)
-    raise StartError("nginx has no worker process")
+        return None
+
+    try:
+        return poll(worker, "an nginx worker process", 10)
+    except TimedOut as e:
+        raise StartError(f"nginx: {e}") from None
 
 
 def start_moto(processes: Processes) -> tuple[Process, str]:

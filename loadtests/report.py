@@ -300,7 +300,7 @@ def summarise_profile(raw: str, top: int = 20) -> dict[str, Any]:
     return {"samples": samples, "self": share(own), "total": share(ours)}
 
 
-_OURS = ("edge/app", "edge/server", "cache/", "origin/")
+_OURS = ("edge/app", "banatie/", "cache/", "origin/")
 _ROOT = str(Path(__file__).resolve().parent.parent)
 
 

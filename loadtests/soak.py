@@ -15,11 +15,13 @@ RSS at the end of warm-up against the end of the run.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import json
 import secrets
 import shutil
 import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -179,7 +181,10 @@ def soak(args: argparse.Namespace, processes: Processes) -> dict[str, Any]:
             next_at += SAMPLE_EVERY_S
         if now - started > seconds + 120:
             raise RuntimeError("locust did not stop two minutes after its run time")
-        time.sleep(0.5)
+        # Until the next sample is due, or sooner if a locust ends.
+        running = next(p for p in locusts if p.alive())
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            running.popen.wait(timeout=max(0.0, next_at - time.monotonic()))
     elapsed = time.monotonic() - started
     sample = {"t_s": elapsed, **{k: rss_bytes(p.pid) for k, p in watched.items()}}
     samples.append(sample)

@@ -36,8 +36,8 @@ import httpx
 from PIL import Image, ImageDraw, ImageFilter
 
 from cache.settings import Settings
-from cache.variants import VariantSpec
 from edge.transform import Limits, avif_supported, render
+from edge.variants import VariantSpec
 from loadtests.processes import Processes, clean_env, run_banatie, start_banatie
 
 ORG = PROJECT = "default"

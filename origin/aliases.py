@@ -1,4 +1,5 @@
-"""Alias rules in one place: format, reserved names, project aliases that move, resolution."""
+"""Alias rules: project aliases that move, flow aliases, resolution (their format and the
+reserved names are the Alias field type's, origin/schemas/fields.py)."""
 
 from __future__ import annotations
 
@@ -8,22 +9,13 @@ from dataclasses import dataclass
 from sqlalchemy import Select, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from cache.errors import AliasNotFound, ValidationError
+from cache.errors import AliasNotFound
 from origin.envelope import is_uuid
 from origin.models import Flow, Image, utcnow
+from origin.schemas.fields import ALIAS_PATTERN
+from origin.schemas.fields import TECHNICAL_ALIASES as TECHNICAL
 
-ALIAS_PATTERN = re.compile(r"@[A-Za-z0-9_-]{1,49}")  # use with fullmatch
-TECHNICAL = frozenset({"@last", "@first", "@upload"})
-PROMPT_ALIAS = re.compile(r"(?:^|(?<=\s))(@[A-Za-z0-9_-]{1,49})(?![A-Za-z0-9_-])")
-
-
-def check_alias(value: object, field: str = "alias") -> str:
-    """A valid, assignable alias; bad format or a reserved name → 400."""
-    if not isinstance(value, str) or not ALIAS_PATTERN.fullmatch(value):
-        raise ValidationError(f"{field} must match @[A-Za-z0-9_-]{{1,49}}.", field=field)
-    if value in TECHNICAL:
-        raise ValidationError(f"{value} is a reserved alias and cannot be assigned.", field=field)
-    return value
+PROMPT_ALIAS = re.compile(rf"(?:^|(?<=\s))({ALIAS_PATTERN.pattern})(?![A-Za-z0-9_-])")
 
 
 def aliases_in_prompt(prompt: str) -> list[str]:
@@ -111,8 +103,7 @@ async def assign_project_alias(
     The aliases that now name another image (or none): tell the edges after the commit."""
     same = image.alias == alias
     changed = () if same else tuple(a for a in (image.alias, alias) if a is not None)
-    if alias is not None:
-        check_alias(alias)
+    if alias is not None:  # checked by the request's model (Alias)
         await session.execute(
             update(Image)
             .where(Image.project_id == image.project_id, Image.alias == alias, Image.id != image.id)
@@ -126,7 +117,6 @@ async def assign_project_alias(
 
 
 async def set_flow_alias(session: AsyncSession, flow: Flow, alias: str, image_id: str) -> None:
-    check_alias(alias)
     flow.aliases = {**(flow.aliases or {}), alias: image_id}
     flow.updated_at = utcnow()
     await session.flush()

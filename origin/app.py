@@ -15,14 +15,23 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from cache.errors import ApiError, InternalError, NotFound, UpstreamUnavailable, ValidationError
+from cache.errors import (
+    ApiError,
+    InternalError,
+    MethodNotAllowed,
+    NotFound,
+    NotReady,
+    ValidationError,
+    render_error,
+    storage_unavailable,
+)
 from cache.logs import request_id as request_id_var
 from cache.objects import StorageUnavailable
 from cache.settings import Settings
 from origin import docs
 from origin.body_limit import BodyLimit
 from origin.edge_api import InProcessOrigin
-from origin.envelope import JSONResponse, ok
+from origin.envelope import JSONResponse, Resource, ok, operation
 from origin.openapi import openapi_document
 from origin.routes import (
     flows,
@@ -34,18 +43,18 @@ from origin.routes import (
     live_signing,
 )
 from origin.routes.lab import lab_routes
+from origin.schemas.responses import Health, Ready
 from origin.services import Services, open_services
 
 log = logging.getLogger("banatie.origin")
 
 
 def error_response(exc: ApiError) -> Response:
-    return Response(
-        exc.body(),
-        status_code=exc.status,
-        media_type="application/json",
-        headers={"Cache-Control": "no-store", **exc.headers},
-    )
+    """The error as cache/errors.py renders it (the RequestId middleware adds its id)."""
+    status, headers, body = render_error(exc)
+    response = Response(body, status_code=status)
+    response.raw_headers = headers
+    return response
 
 
 async def on_api_error(request: Request, exc: Exception) -> Response:
@@ -58,26 +67,18 @@ async def on_http_error(request: Request, exc: Exception) -> Response:
     if exc.status_code == 404:
         return error_response(NotFound("No such route."))
     if exc.status_code == 405:
-        err: ApiError = ValidationError("Method not allowed on this route.")
-        err.status = 405
-        err.code = "METHOD_NOT_ALLOWED"
-        err.headers = dict(exc.headers or {})
-        return error_response(err)
+        allowed = dict(exc.headers or {})
+        return error_response(
+            MethodNotAllowed("Method not allowed on this route.", headers=allowed)
+        )
     err = ApiError(str(exc.detail), code="HTTP_ERROR")
     err.status = exc.status_code
     return error_response(err)
 
 
-STORAGE_RETRY_AFTER_S = 5  # as the edge's: storage outages are retried, not reported as bugs
-
-
 async def on_storage_unavailable(request: Request, exc: Exception) -> Response:
     log.warning("storage unavailable on %s %s: %s", request.method, request.url.path, exc)
-    return error_response(
-        UpstreamUnavailable(
-            "Image storage is unavailable; try again shortly.", STORAGE_RETRY_AFTER_S
-        )
-    )
+    return error_response(storage_unavailable())
 
 
 async def on_unexpected(request: Request, exc: Exception) -> Response:
@@ -131,10 +132,12 @@ class RejectNul:
         await self.app(scope, receive, send)
 
 
+@operation(summary="Liveness", response=Health, auth="none")
 async def health(request: Request) -> Response:
-    return ok({"status": "ok"})
+    return ok(Health(status="ok"))
 
 
+@operation(summary="Readiness of database, storage and cache", response=Ready, auth="none")
 async def ready(request: Request) -> Response:
     services: Services = request.app.state.services
     failing: dict[str, str] = {}
@@ -153,22 +156,16 @@ async def ready(request: Request) -> Response:
         except Exception as exc:
             failing["cache"] = type(exc).__name__
     if failing:
-        return Response(
-            ApiError(
-                f"Not ready: {', '.join(failing)} failing.",
-                details=failing,
-                code="NOT_READY",
-            ).body(),
-            status_code=503,
-            media_type="application/json",
-            headers={"Retry-After": "5", "Cache-Control": "no-store"},
-        )
-    return ok({"status": "ready", "generator": services.generator.name})
+        return error_response(NotReady(f"Not ready: {', '.join(failing)} failing.", failing))
+    return ok(Ready(status="ready", generator=services.generator.name))
 
 
 async def openapi(request: Request) -> Response:
     settings = request.app.state.services.settings
-    return JSONResponse(openapi_document(settings.public_url, settings.max_variant_dimension))
+    document = openapi_document(
+        request.app.routes, settings.public_url, settings.max_variant_dimension
+    )
+    return JSONResponse(document)
 
 
 def create_origin(settings: Settings, services: Services | None = None) -> Starlette:
@@ -187,8 +184,8 @@ def create_origin(settings: Settings, services: Services | None = None) -> Starl
 
     app = Starlette(
         routes=[
-            Route("/health", health),
-            Route("/ready", ready),
+            Resource("/health", get=health),
+            Resource("/ready", get=ready),
             Route("/openapi.json", openapi),
             *docs.routes,
             *keys.routes,

@@ -7,7 +7,7 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Connection, CursorResult, Result, Select, event, func, select
+from sqlalchemy import Connection, CursorResult, Result, Select, event, func, select, text
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -51,8 +51,13 @@ def _alembic_config() -> Config:
     return cfg
 
 
+# Any constant: the advisory lock under which PostgreSQL clients migrate, one at a time.
+MIGRATION_LOCK = 0x62616E61
+
+
 async def migrate(engine: AsyncEngine) -> None:
-    """Bring the schema to the newest migration."""
+    """Bring the schema to the newest migration. Processes that start together (workers) take
+    turns, and the later ones find nothing left to do."""
 
     def upgrade(connection: Connection) -> None:
         cfg = _alembic_config()
@@ -60,6 +65,11 @@ async def migrate(engine: AsyncEngine) -> None:
         command.upgrade(cfg, "head")
 
     async with engine.begin() as conn:
+        if conn.dialect.name == "postgresql":
+            await conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK})
+        elif conn.dialect.name == "sqlite":
+            # The driver begins no transaction before DDL: begin one that takes the write lock.
+            await conn.exec_driver_sql("BEGIN IMMEDIATE")
         await conn.run_sync(upgrade)
 
 

@@ -1,22 +1,29 @@
-"""JSON in and out: the success envelope, pagination, and strict request parsing."""
+"""JSON in and out: the success envelope, reading a JSON body, and the routes' operations.
+
+What a body or query may hold is its model's business (origin/schemas/); this module only
+reads bytes into a JSON value, refusing what no model should ever see (too deep, NUL).
+"""
 
 from __future__ import annotations
 
 import json
-import re
+import math
 import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, overload
+from typing import Any, Literal, overload
 
+from pydantic import BaseModel
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
 from cache.errors import PayloadTooLarge, ValidationError
+from cache.patterns import UUID_PATTERN
+from origin.schemas.responses import Ok, Page, Pagination
 
-MAX_OFFSET = 2**62  # past any real table; keeps the value inside a BIGINT
 MAX_JSON_DEPTH = 32  # objects and arrays; far past any body the API defines
-UUID_PATTERN = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 
 class JSONResponse(Response):
@@ -26,55 +33,28 @@ class JSONResponse(Response):
         return json.dumps(content, ensure_ascii=False, separators=(",", ":")).encode()
 
 
-def ok(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse({"success": True, "data": data}, status_code=status, headers=headers)
+def ok(
+    data: BaseModel | Sequence[BaseModel], status: int = 200, headers: dict[str, str] | None = None
+) -> Response:
+    body = Ok[Any](data=data).model_dump_json()
+    return Response(body, status, headers, media_type="application/json")
 
 
-def page(items: list[Any], total: int, limit: int, offset: int) -> JSONResponse:
-    return JSONResponse(
-        {
-            "success": True,
-            "data": items,
-            "pagination": {
-                "total": total,
-                "limit": limit,
-                "offset": offset,
-                "hasMore": offset + len(items) < total,
-            },
-        }
-    )
+def page(items: Sequence[BaseModel], total: int, limit: int, offset: int) -> Response:
+    more = offset + len(items) < total
+    pagination = Pagination(total=total, limit=limit, offset=offset, has_more=more)
+    body = Page[Any](data=list(items), pagination=pagination).model_dump_json()
+    return Response(body, media_type="application/json")
 
 
+@overload
+def iso(value: datetime) -> str: ...
+@overload
+def iso(value: datetime | None) -> str | None: ...
 def iso(value: datetime | None) -> str | None:
     if value is None:
         return None
     return value.strftime("%Y-%m-%dT%H:%M:%S.") + f"{value.microsecond // 1000:03d}Z"
-
-
-def pagination(request: Request) -> tuple[int, int]:
-    """`limit` (default 20, clamped to 100) and `offset`; junk or negatives → 400."""
-    limit = _non_negative_int(request.query_params.get("limit"), "limit", 20)
-    offset = _non_negative_int(request.query_params.get("offset"), "offset", 0)
-    return min(limit, 100), min(offset, MAX_OFFSET)
-
-
-def _non_negative_int(raw: str | None, field: str, default: int) -> int:
-    if raw is None:
-        return default
-    if not re.fullmatch(r"\d{1,100}", raw):
-        raise ValidationError(f"{field} must be a non-negative integer.", field=field)
-    return int(raw)
-
-
-def query_bool(request: Request, field: str, default: bool = False) -> bool:
-    raw = request.query_params.get(field)
-    if raw is None:
-        return default
-    if raw.lower() in ("true", "1"):
-        return True
-    if raw.lower() in ("false", "0"):
-        return False
-    raise ValidationError(f"{field} must be true or false.", field=field)
 
 
 async def read_json(request: Request, max_bytes: int, required: bool = True) -> dict[str, Any]:
@@ -87,7 +67,7 @@ async def read_json(request: Request, max_bytes: int, required: bool = True) -> 
         body += chunk
         if len(body) > max_bytes:
             raise PayloadTooLarge(f"The request body is larger than {max_bytes} bytes.")
-    if not body.strip():
+    if not body.strip(b" \t\r\n"):  # JSON whitespace only (a form feed is not JSON)
         if required:
             raise ValidationError("A JSON object body is required.", field="body")
         return {}
@@ -100,8 +80,20 @@ async def read_json(request: Request, max_bytes: int, required: bool = True) -> 
 def parse_json(text: bytes | bytearray | str, field: str) -> Any:
     """JSON a client sent: 400 when malformed, nested deeper than MAX_JSON_DEPTH, or holding
     a NUL anywhere (PostgreSQL cannot store one in text or JSONB)."""
+
+    def finite(number: str) -> float:
+        value = float(number)
+        if not math.isfinite(value):  # 1e400: no column or JSON document can hold it
+            raise ValidationError(f"{field} holds a number out of range: {number}.", field=field)
+        return value
+
+    def no_constant(name: str) -> None:
+        raise ValidationError(
+            f"{field} is not valid JSON ({name} is not a JSON value).", field=field
+        )
+
     try:
-        value = json.loads(text)
+        value = json.loads(text, parse_float=finite, parse_constant=no_constant)
     except (ValueError, UnicodeDecodeError):
         raise ValidationError(f"{field} is not valid JSON.", field=field) from None
     except RecursionError:  # the decoder recurses per level: 2 KB of brackets exhaust the stack
@@ -135,7 +127,7 @@ def _check_json(value: Any, field: str) -> None:
 
 
 def is_uuid(value: object) -> bool:
-    return isinstance(value, str) and bool(UUID_PATTERN.fullmatch(value.lower()))
+    return isinstance(value, str) and bool(UUID_PATTERN.fullmatch(value))
 
 
 def path_uuid(value: str, not_found: type[Exception], what: str) -> str:
@@ -145,74 +137,59 @@ def path_uuid(value: str, not_found: type[Exception], what: str) -> str:
     return str(uuid.UUID(value))
 
 
-def optional_str(body: dict[str, Any], field: str, max_len: int | None = None) -> str | None:
-    value = body.get(field)
-    if value is None:
-        return None
-    if not isinstance(value, str):
-        raise ValidationError(f"{field} must be a string.", field=field)
-    if max_len is not None and len(value) > max_len:
-        raise ValidationError(f"{field} is longer than {max_len} characters.", field=field)
-    return value
+Handler = Callable[[Request], Awaitable[Response]]
+Auth = Literal["none", "master", "project"]
 
 
-def optional_bool(body: dict[str, Any], field: str, default: bool) -> bool:
-    value = body.get(field, default)
-    if value is None:
-        return default
-    if not isinstance(value, bool):
-        raise ValidationError(f"{field} must be true or false.", field=field)
-    return value
+@dataclass(frozen=True)
+class Operation:
+    """What /openapi.json says of one method of a route; the models are the ones it uses."""
+
+    summary: str
+    response: Any  # the type of the envelope's `data`: a model, or list[model]
+    status: int = 200
+    auth: Auth = "project"
+    body: type[BaseModel] | None = None  # a JSON body
+    body_required: bool = True
+    form: type[BaseModel] | None = None  # multipart text fields, beside a `file`
+    query: type[BaseModel] | None = None
+    paged: bool = False  # `data` is a page of `response`, with `pagination`
+    also: tuple[int, ...] = ()  # other success statuses with the same body (202)
 
 
-# An int default makes the result an int (absent or null → the default).
-@overload
-def optional_int(
-    body: dict[str, Any], field: str, default: int, lo: int = ..., hi: int = ...
-) -> int: ...
-@overload
-def optional_int(
-    body: dict[str, Any], field: str, default: None, lo: int = ..., hi: int = ...
-) -> int | None: ...
-def optional_int(
-    body: dict[str, Any], field: str, default: int | None, lo: int = 0, hi: int = 2**31 - 1
-) -> int | None:
-    value = body.get(field, default)
-    if value is None:
-        return default
-    if isinstance(value, float) and value.is_integer():
-        value = int(value)
-    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
-        raise ValidationError(f"{field} must be an integer in [{lo}, {hi}].", field=field)
-    return value
+class Described:
+    """A handler with its Operation; calls go straight to the handler."""
+
+    def __init__(self, handler: Handler, operation: Operation) -> None:
+        self.handler = handler
+        self.operation = operation
+
+    async def __call__(self, request: Request) -> Response:
+        return await self.handler(request)
 
 
-def meta_field(body: dict[str, Any], max_bytes: int, field: str = "meta") -> dict[str, Any] | None:
-    """`meta`: a JSON object of at most `max_bytes` once serialised; None when absent."""
-    if field not in body or body[field] is None:
-        return None
-    value = body[field]
-    if not isinstance(value, dict):
-        raise ValidationError(f"{field} must be a JSON object.", field=field)
-    if len(json.dumps(value, separators=(",", ":")).encode()) > max_bytes:
-        raise ValidationError(f"{field} is larger than {max_bytes} bytes.", field=field)
-    return value
+def operation(**spec: Any) -> Callable[[Handler], Described]:
+    """Describe a handler for the OpenAPI document (origin/openapi.py reads it)."""
+
+    def describe(handler: Handler) -> Described:
+        return Described(handler, Operation(**spec))
+
+    return describe
 
 
-def reject_unknown(body: dict[str, Any], allowed: set[str]) -> None:
-    unknown = sorted(set(body) - allowed)
-    if unknown:
-        raise ValidationError(
-            f"Unknown field {unknown[0]}.", details={"field": unknown[0], "unknown": unknown}
-        )
-
-
-def resource(path: str, **handlers: Any) -> Route:
+class Resource(Route):
     """One route per path, dispatching on the method, so a 405 lists every allowed method."""
-    by_method = {method.upper(): handler for method, handler in handlers.items()}
 
-    async def dispatch(request: Request) -> Response:
-        method = "GET" if request.method == "HEAD" else request.method
-        return await by_method[method](request)
+    def __init__(self, path: str, **handlers: Handler) -> None:
+        by_method = {method.upper(): handler for method, handler in handlers.items()}
+        self.operations: dict[str, Operation] = {
+            method.lower(): handler.operation
+            for method, handler in by_method.items()
+            if isinstance(handler, Described)
+        }
 
-    return Route(path, dispatch, methods=list(by_method))
+        async def dispatch(request: Request) -> Response:
+            method = "GET" if request.method == "HEAD" else request.method
+            return await by_method[method](request)
+
+        super().__init__(path, dispatch, methods=list(by_method))

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -12,6 +10,7 @@ from cache.errors import FlowHasNoGenerations, FlowNotFound
 from origin.db import paged
 from origin.envelope import is_uuid, iso
 from origin.models import Flow, Generation, Image, utcnow
+from origin.schemas.responses import FlowOut
 
 
 async def ensure_flow(session: AsyncSession, project_id: str, flow_id: str) -> Flow:
@@ -56,7 +55,7 @@ async def find_flow(session: AsyncSession, project_id: str, flow_id: str) -> Flo
     return flow
 
 
-async def flow_json(session: AsyncSession, flow: Flow) -> dict[str, Any]:
+async def flow_json(session: AsyncSession, flow: Flow) -> FlowOut:
     generations = await session.scalar(
         select(func.count())
         .select_from(Generation)
@@ -75,16 +74,16 @@ async def flow_json(session: AsyncSession, flow: Flow) -> dict[str, Any]:
             Image.deleted_at.is_(None),
         )
     )
-    return {
-        "id": flow.id,
-        "projectId": flow.project_id,
-        "aliases": flow.aliases or {},
-        "generationCount": generations or 0,
-        "imageCount": images or 0,
-        "meta": flow.meta or {},
-        "createdAt": iso(flow.created_at),
-        "updatedAt": iso(flow.updated_at),
-    }
+    return FlowOut(
+        id=flow.id,
+        project_id=flow.project_id,
+        aliases=flow.aliases or {},
+        generation_count=generations or 0,
+        image_count=images or 0,
+        meta=flow.meta or {},
+        created_at=iso(flow.created_at),
+        updated_at=iso(flow.updated_at),
+    )
 
 
 async def newest_generation(session: AsyncSession, flow: Flow) -> Generation:

@@ -18,6 +18,7 @@ from origin.db import paged
 from origin.envelope import iso
 from origin.imaging import ImageFacts
 from origin.models import Image, LiveEntry, new_id, utcnow
+from origin.schemas.responses import ImageOut, Point
 from origin.services import Services
 
 log = logging.getLogger("banatie.origin")
@@ -70,29 +71,28 @@ def new_image(
     )
 
 
-def image_json(image: Image, project: ProjectCtx, public_url: str) -> dict[str, Any]:
-    return {
-        "id": image.id,
-        "projectId": image.project_id,
-        "flowId": image.flow_id,
-        "generationId": image.generation_id,
-        "source": image.source,
-        "alias": image.alias,
-        "storageKey": image.storage_key,
-        "storageUrl": (
-            f"{public_url}/cdn/{project.organization_slug}/{project.project_slug}/img/{image.id}"
-        ),
-        "mimeType": image.mime_type,
-        "fileSize": image.file_size,
-        "width": image.width,
-        "height": image.height,
-        "contentHash": image.content_hash,
-        "focalPoint": image.focal_point,
-        "meta": image.meta or {},
-        "createdAt": iso(image.created_at),
-        "updatedAt": iso(image.updated_at),
-        "deletedAt": iso(image.deleted_at),
-    }
+def image_json(image: Image, project: ProjectCtx, public_url: str) -> ImageOut:
+    cdn = f"{public_url}/cdn/{project.organization_slug}/{project.project_slug}"
+    return ImageOut(
+        id=image.id,
+        project_id=image.project_id,
+        flow_id=image.flow_id,
+        generation_id=image.generation_id,
+        source=image.source,
+        alias=image.alias,
+        storage_key=image.storage_key,
+        storage_url=f"{cdn}/img/{image.id}",
+        mime_type=image.mime_type,
+        file_size=image.file_size,
+        width=image.width,
+        height=image.height,
+        content_hash=image.content_hash,
+        focal_point=Point(**image.focal_point) if image.focal_point else None,
+        meta=image.meta or {},
+        created_at=iso(image.created_at),
+        updated_at=iso(image.updated_at),
+        deleted_at=iso(image.deleted_at),
+    )
 
 
 def image_record(image: Image, canonical: str = "") -> LiveRecord:

@@ -9,15 +9,15 @@ import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import func, select
+from sqlalchemy import delete, false, func, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from cache.errors import Forbidden, Unauthorized, ValidationError
+from cache.patterns import SLUG_PATTERN
 from origin.models import ApiKey, Organization, Project, utcnow
 from origin.projects import ensure_project
 
 KEY_PATTERN = re.compile(r"bnt_[0-9a-f]{64}")
-SLUG_PATTERN = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")  # use with fullmatch
 
 
 def mint_key() -> str:
@@ -145,6 +145,20 @@ async def create_key(
 async def any_key_exists(session: AsyncSession) -> bool:
     """Any key at all, even revoked: once one was made, bootstrap is over."""
     return bool(await session.scalar(select(func.count()).select_from(ApiKey)))
+
+
+async def lock_keys(session: AsyncSession) -> None:
+    """Hold the key table until the transaction ends, so that "no key yet", checked after
+    this, stays true until the key is added: concurrent first starts and bootstrap requests,
+    in one process or several, mint one first key between them."""
+    if session.get_bind().dialect.name == "postgresql":
+        # Conflicts with itself and with any INSERT; plain reads go on.
+        await session.execute(
+            text(f"LOCK TABLE {ApiKey.__tablename__} IN SHARE ROW EXCLUSIVE MODE")
+        )
+    else:
+        # SQLite has one writer at a time, and a write of no row takes that lock at once.
+        await session.execute(delete(ApiKey).where(false()))
 
 
 async def list_keys(session: AsyncSession) -> list[tuple[ApiKey, str | None, str | None]]:

@@ -18,17 +18,18 @@ from cache.errors import (
     ApiError,
     GatewayTimeout,
     GenerationFailed,
-    ValidationError,
 )
 from cache.index import LiveRecord
-from cache.live_key import SCOPE_PATTERN, LiveKey, live_key, manifest_key
+from cache.live_key import LiveKey, live_key, manifest_key
 from origin.budgets import spend_ip_budget, spend_key_budget
 from origin.db import rowcount
-from origin.generation_input import GenerationInput, check_prompt, check_ratio, check_template
+from origin.generation_input import GenerationInput
 from origin.generations import INTERRUPTED, add_generation
 from origin.images import ProjectCtx, image_record
 from origin.models import Generation, Image, LiveEntry, new_id, utcnow
 from origin.production import AlsoInTransaction, produce
+from origin.schemas.requests import LiveInput
+from origin.schemas.validation import validate
 from origin.scopes import count_scope, uncount_scope
 from origin.services import Services
 
@@ -39,15 +40,22 @@ POLL_S = 0.1
 
 async def live(services: Services, params: LiveParams) -> LiveResult:
     """Existing image for the key, or claim the key and generate it (scope, budgets checked)."""
-    if params.scope and not SCOPE_PATTERN.fullmatch(params.scope):
-        raise ValidationError("scope must match [A-Za-z0-9_-]{1,64}.", field="scope")
+    checked = validate(
+        LiveInput,
+        {
+            "scope": params.scope or None,  # "": /api/v1/live
+            "prompt": params.prompt,
+            "aspectRatio": params.aspect_ratio,
+            "template": params.template,
+        },
+    )
     key = live_key(
         params.project_id,
         params.scope,
-        check_prompt(params.prompt),
-        check_ratio(params.aspect_ratio),
+        checked.prompt,
+        checked.aspect_ratio or "1:1",
         params.auto_enhance,
-        check_template(params.template, "template"),
+        checked.template or "general",
         services.generator.model,
     )
     project = ProjectCtx(params.project_id, params.organization_slug, params.project_slug)

@@ -1,375 +1,167 @@
-"""The OpenAPI 3 document of every route (the edge's image routes too); /docs shows it."""
+"""The OpenAPI 3.1 document: the REST routes from their operations and models, the edge's
+image routes (bytes, not JSON; answered by edge/app.py) described here; /docs shows it."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from typing import Any
 
-from cache.variants import FITS, FORMATS
-from origin.generators import ASPECT_RATIOS
-from origin.generators import TEMPLATES as GENERATOR_TEMPLATES
+from pydantic import BaseModel
+from pydantic.json_schema import models_json_schema
+from starlette.routing import BaseRoute
 
-ENVELOPE_ERROR = {
-    "type": "object",
-    "required": ["success", "error"],
-    "properties": {
-        "success": {"type": "boolean", "enum": [False]},
-        "error": {
-            "type": "object",
-            "required": ["code", "message"],
-            "properties": {
-                "code": {"type": "string"},
-                "message": {"type": "string"},
-                "details": {"type": "object"},
-            },
-        },
-    },
-}
-RATIOS = list(ASPECT_RATIOS)
-TEMPLATES = list(GENERATOR_TEMPLATES)
-ALIAS_RE = "^@[A-Za-z0-9_-]{1,49}$"
-RESERVED = {"not": {"enum": ["@last", "@first", "@upload"]}}
-ALIAS = {"type": "string", "pattern": ALIAS_RE, **RESERVED}
-ALIAS_OR_NULL = {"anyOf": [{"type": "null"}, ALIAS]}
-UUID_RE = "^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
-UUID = {"type": "string", "format": "uuid", "pattern": UUID_RE}
-UUID_OR_NULL = {"anyOf": [{"type": "null"}, UUID]}
-META = {"type": ["object", "null"]}
+from cache.contract import FITS, FORMATS
+from cache.live_key import SCOPE_PATTERN
+from cache.patterns import SLUG_PATTERN
+from origin.envelope import Operation, Resource
+from origin.generators import ASPECT_RATIOS, TEMPLATES
+from origin.routes import flows, generations, images, keys, live_scopes, live_signing
+from origin.schemas.fields import ALIAS_SCHEMA, PROMPT_SCHEMA, UUID_SCHEMA, anchored
+from origin.schemas.responses import ErrorOut, Ok, Page
 
-# Any: the schemas below reuse parts of these by key.
-GENERATION_BODY: dict[str, Any] = {
-    "type": "object",
-    "required": ["prompt"],
-    "properties": {
-        "prompt": {
-            "type": "string",
-            "minLength": 1,
-            "maxLength": 5000,
-            "pattern": "^[^\\u0000]*\\S[^\\u0000]*$",
-        },
-        "aspectRatio": {"enum": [*RATIOS, None]},
-        "referenceImages": {"type": ["array", "null"], "items": {"type": "string"}, "maxItems": 3},
-        "flowId": UUID_OR_NULL,
-        "alias": ALIAS_OR_NULL,
-        "flowAlias": ALIAS_OR_NULL,
-        "autoEnhance": {"type": ["boolean", "null"]},
-        "enhancementOptions": {
-            "type": ["object", "null"],
-            "properties": {"template": {"enum": [*TEMPLATES, None]}},
-        },
-        "meta": META,
-    },
-}
-RETRY_BODY = {
-    "type": "object",
-    "properties": {
-        k: GENERATION_BODY["properties"][k]
-        for k in ("prompt", "aspectRatio", "autoEnhance", "referenceImages")
-    },
-}
-SCOPE_BODY: dict[str, Any] = {
-    "type": "object",
-    "properties": {
-        "slug": {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,64}$"},
-        "allowNewGenerations": {"type": ["boolean", "null"]},
-        "newGenerationsLimit": {"type": ["integer", "null"], "minimum": 0, "maximum": 1000000},
-        "meta": META,
-    },
-}
-SCOPE_UPDATE = {
-    "type": "object",
-    "properties": {k: v for k, v in SCOPE_BODY["properties"].items() if k != "slug"},
-}
-IMAGE_UPDATE = {
-    "type": "object",
-    "properties": {
-        "alias": ALIAS_OR_NULL,
-        "focalPoint": {
-            "type": ["object", "null"],
-            "required": ["x", "y"],
-            "properties": {
-                "x": {"type": "number", "minimum": 0, "maximum": 1},
-                "y": {"type": "number", "minimum": 0, "maximum": 1},
-            },
-        },
-        "meta": META,
-    },
-}
-SIGN_BODY = {
-    "type": "object",
-    "description": "Either `path` (a live CDN URL or path of this project), or `scope` and "
-    "`prompt` with the other live parameters.",
-    "properties": {
-        "path": {"type": "string", "maxLength": 16384},
-        "scope": {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,64}$"},
-        "prompt": GENERATION_BODY["properties"]["prompt"],
-        "aspectRatio": {"enum": [*RATIOS, None]},
-        "autoEnhance": {"type": ["boolean", "null"]},
-        "template": {"enum": [*TEMPLATES, None]},
-        "expiresInSeconds": {"type": ["integer", "null"], "minimum": 1, "maximum": 315360000},
-    },
-}
-SIGNING_BODY = {
-    "type": "object",
-    "required": ["requireSignedUrls"],
-    "properties": {"requireSignedUrls": {"type": "boolean"}},
-}
-KEY_BODY = {
-    "type": "object",
-    "properties": {
-        "type": {"type": "string", "enum": ["project", "master"]},
-        "organizationSlug": {"type": "string"},
-        "projectSlug": {"type": "string"},
-        "name": {"type": "string"},
-        "expiresInDays": {"type": "integer", "minimum": 1, "maximum": 3650},
-    },
-}
-UPLOAD_BODY = {
-    "content": {
-        "multipart/form-data": {
-            "schema": {
-                "type": "object",
-                "required": ["file"],
-                "properties": {
-                    "file": {"type": "string", "format": "binary"},
-                    "alias": {"type": "string"},
-                    "flowId": {"type": "string"},
-                    "flowAlias": {"type": "string"},
-                    "meta": {"type": "string"},
-                },
-            }
-        }
-    }
-}
-
-PAGING = ["limit", "offset"]
-
-# (method, path, summary, body schema, query params, success status, auth)
-ROUTES: list[tuple[str, str, str, Any, list[str], int, str]] = [
-    ("get", "/health", "Liveness", None, [], 200, "none"),
-    ("get", "/ready", "Readiness of database, storage and cache", None, [], 200, "none"),
-    (
-        "post",
-        "/api/bootstrap/initial-key",
-        "Create the first master key: only while no key exists, from loopback or with the "
-        "X-Bootstrap-Token printed at start",
-        None,
-        [],
-        201,
-        "none",
-    ),
-    ("post", "/api/admin/keys", "Create a key", KEY_BODY, [], 201, "master"),
-    ("get", "/api/admin/keys", "List keys", None, [], 200, "master"),
-    ("delete", "/api/admin/keys/{id}", "Revoke a key", None, [], 200, "master"),
-    ("post", "/api/v1/generations", "Create a generation", GENERATION_BODY, [], 201, "project"),
-    (
-        "get",
-        "/api/v1/generations",
-        "List generations",
-        None,
-        [*PAGING, "status", "flowId", "includeDeleted"],
-        200,
-        "project",
-    ),
-    ("get", "/api/v1/generations/{id}", "Get a generation", None, [], 200, "project"),
-    (
-        "put",
-        "/api/v1/generations/{id}",
-        "Edit meta and flowId",
-        {"type": "object", "properties": {"meta": META, "flowId": UUID_OR_NULL}},
-        [],
-        200,
-        "project",
-    ),
-    ("delete", "/api/v1/generations/{id}", "Soft-delete a generation", None, [], 200, "project"),
-    (
-        "post",
-        "/api/v1/generations/{id}/retry",
-        "Retry a failed generation",
-        RETRY_BODY,
-        [],
-        200,
-        "project",
-    ),
-    (
-        "post",
-        "/api/v1/generations/{id}/regenerate",
-        "Regenerate as a new image",
-        None,
-        [],
-        200,
-        "project",
-    ),
-    (
-        "post",
-        "/api/v1/flows",
-        "Create a flow",
-        {"type": "object", "properties": {"meta": META}},
-        [],
-        201,
-        "project",
-    ),
-    ("get", "/api/v1/flows", "List flows", None, PAGING, 200, "project"),
-    ("get", "/api/v1/flows/{id}", "Get a flow", None, [], 200, "project"),
-    ("delete", "/api/v1/flows/{id}", "Delete a flow", None, [], 200, "project"),
-    ("get", "/api/v1/flows/{id}/generations", "A flow's generations", None, PAGING, 200, "project"),
-    ("get", "/api/v1/flows/{id}/images", "A flow's images", None, PAGING, 200, "project"),
-    (
-        "post",
-        "/api/v1/flows/{id}/regenerate",
-        "Regenerate the flow's newest generation as a new image",
-        None,
-        [],
-        200,
-        "project",
-    ),
-    (
-        "put",
-        "/api/v1/flows/{id}/aliases",
-        "Merge flow aliases",
-        {
-            "type": "object",
-            "required": ["aliases"],
-            "properties": {"aliases": {"type": "object", "additionalProperties": UUID}},
-        },
-        [],
-        200,
-        "project",
-    ),
-    (
-        "delete",
-        "/api/v1/flows/{id}/aliases/{alias}",
-        "Remove a flow alias",
-        None,
-        [],
-        200,
-        "project",
-    ),
-    ("post", "/api/v1/images/upload", "Upload an image", UPLOAD_BODY, [], 201, "project"),
-    (
-        "get",
-        "/api/v1/images",
-        "List images",
-        None,
-        [*PAGING, "source", "flowId", "alias", "includeDeleted"],
-        200,
-        "project",
-    ),
-    ("get", "/api/v1/images/resolve/{alias}", "Resolve an alias", None, ["flowId"], 200, "project"),
-    ("get", "/api/v1/images/{id}", "Get an image by id or alias", None, ["flowId"], 200, "project"),
-    (
-        "put",
-        "/api/v1/images/{id}",
-        "Update alias, focal point, meta",
-        IMAGE_UPDATE,
-        [],
-        200,
-        "project",
-    ),
-    (
-        "put",
-        "/api/v1/images/{id}/alias",
-        "Set the project alias",
-        {
-            "type": "object",
-            "required": ["alias"],
-            "properties": {"alias": ALIAS_OR_NULL},
-        },
-        [],
-        200,
-        "project",
-    ),
-    ("delete", "/api/v1/images/{id}", "Soft-delete an image", None, [], 200, "project"),
-    (
-        "post",
-        "/api/v1/live/scopes",
-        "Create a live scope",
-        {**SCOPE_BODY, "required": ["slug"]},
-        [],
-        201,
-        "project",
-    ),
-    ("get", "/api/v1/live/scopes", "List live scopes", None, PAGING, 200, "project"),
-    ("get", "/api/v1/live/scopes/{slug}", "Get a live scope", None, [], 200, "project"),
-    ("put", "/api/v1/live/scopes/{slug}", "Update a live scope", SCOPE_UPDATE, [], 200, "project"),
-    ("delete", "/api/v1/live/scopes/{slug}", "Delete a live scope", None, [], 200, "project"),
-    (
-        "post",
-        "/api/v1/live/scopes/{slug}/regenerate",
-        "A new image for each live key of the scope, or for the one serving imageId",
-        {"type": "object", "properties": {"imageId": UUID_OR_NULL}},
-        [],
-        200,
-        "project",
-    ),
-    ("post", "/api/v1/live/sign", "Sign a live CDN URL", SIGN_BODY, [], 200, "project"),
-    ("get", "/api/v1/live/signing", "Signed-URL settings (no secrets)", None, [], 200, "project"),
-    (
-        "put",
-        "/api/v1/live/signing",
-        "Require signed live URLs",
-        SIGNING_BODY,
-        [],
-        200,
-        "project",
-    ),
-    (
-        "post",
-        "/api/v1/live/signing/rotate",
-        "New signing secret (shown once); the current one stays valid as the previous",
-        None,
-        [],
-        200,
-        "project",
-    ),
-]
-
-QUERY_SCHEMAS: dict[str, dict[str, Any]] = {
-    "limit": {"type": "integer", "minimum": 0},
-    "offset": {"type": "integer", "minimum": 0},
-    "status": {"type": "string", "enum": ["pending", "processing", "success", "failed"]},
-    "flowId": UUID,
-    "includeDeleted": {"type": "boolean"},
-    "source": {"type": "string", "enum": ["generated", "uploaded"]},
-    "alias": {"type": "string"},
-}
-
-PATH_SCHEMAS: dict[str, dict[str, Any]] = {
-    "id": {"type": "string"},
-    "alias": {"type": "string", "pattern": ALIAS_RE},
-    "slug": {"type": "string"},
-}
-OPTIONAL_BODIES = {
-    ("post", "/api/v1/flows"),
-    ("post", "/api/v1/generations/{id}/retry"),
-    ("post", "/api/bootstrap/initial-key"),
-    ("post", "/api/v1/live/scopes/{slug}/regenerate"),
-}
-
+REF = "#/components/schemas/{model}"
+# What a caller of each kind may meet besides success (the edge's routes list theirs below).
 ERROR_STATUSES = {
     "none": ["400", "403", "429"],
     "master": ["400", "401", "403", "404"],
     "project": ["400", "401", "403", "404", "409", "413", "415", "429", "502", "503"],
 }
+# Path parameters: ids that are not UUIDs are simply not found, so any string is valid.
+PATH_SCHEMAS: dict[str, dict[str, Any]] = {
+    "id": {"type": "string"},
+    "alias": {"type": "string", "pattern": ALIAS_SCHEMA["pattern"]},
+    "slug": {"type": "string"},
+}
+REST_ROUTES = [
+    *keys.routes,
+    *generations.routes,
+    *flows.routes,
+    *images.routes,
+    *live_scopes.routes,
+    *live_signing.routes,
+]
+
+
+def operations(routes: Iterable[BaseRoute]) -> Iterator[tuple[str, str, Operation]]:
+    """(method, path, operation) of every described route."""
+    for route in routes:
+        if isinstance(route, Resource):
+            for method, op in route.operations.items():
+                yield method, route.path, op
+
+
+# (method, path, summary, auth) of the REST API: what tests walk to cover every route.
+ROUTES = [(m, p, op.summary, op.auth) for m, p, op in operations(REST_ROUTES)]
+
+
+def _envelope(op: Operation) -> Any:
+    """Ok[data] or Page[item]: the model of the success answer."""
+    return (Page if op.paged else Ok).__class_getitem__(op.response)
+
+
+def _schemas(ops: list[Operation]) -> tuple[dict[Any, Any], dict[str, Any]]:
+    """Every model the operations use, as components; the key map gives each one's $ref."""
+    wanted: list[tuple[type[BaseModel], Any]] = [(ErrorOut, "serialization")]
+    for op in ops:
+        wanted.append((_envelope(op), "serialization"))
+        wanted += [(m, "validation") for m in (op.body, op.form) if m is not None]
+    refs, document = models_json_schema(list(dict.fromkeys(wanted)), ref_template=REF)
+    return refs, document.get("$defs", {})
+
+
+def _query(model: type[BaseModel]) -> list[dict[str, Any]]:
+    """A query model's fields as parameters (all optional; null is no value in a query)."""
+    schema = model.model_json_schema(ref_template=REF)
+    required = set(schema.get("required", ()))
+    params = []
+    for name, field in schema["properties"].items():
+        options = [s for s in field.get("anyOf", [field]) if s.get("type") != "null"]
+        param_schema = dict(options[0])
+        if field.get("default") is not None:
+            param_schema["default"] = field["default"]
+        params.append(
+            {"name": name, "in": "query", "required": name in required, "schema": param_schema}
+        )
+    return params
+
+
+def _error(description: str = "error") -> dict[str, Any]:
+    return {
+        "description": description,
+        "content": {"application/json": {"schema": {"$ref": REF.format(model="ErrorOut")}}},
+    }
+
+
+def rest_paths(routes: Iterable[BaseRoute]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(paths, component schemas) of the described routes."""
+    found = list(operations(routes))
+    refs, components = _schemas([op for _, _, op in found])
+    paths: dict[str, dict[str, Any]] = {}
+    for method, path, op in found:
+        success = {
+            "description": "success",
+            "content": {"application/json": {"schema": refs[(_envelope(op), "serialization")]}},
+        }
+        operation: dict[str, Any] = {
+            "summary": op.summary,
+            "parameters": [
+                {"name": name, "in": "path", "required": True, "schema": schema}
+                for name, schema in PATH_SCHEMAS.items()
+                if "{" + name + "}" in path
+            ]
+            + (_query(op.query) if op.query else []),
+            "responses": {
+                **{str(status): success for status in (op.status, *op.also)},
+                **{code: _error() for code in ERROR_STATUSES[op.auth]},
+            },
+        }
+        if op.auth != "none":
+            operation["security"] = [{"apiKey": []}]
+        if op.body is not None:
+            schema = refs[(op.body, "validation")]
+            operation["requestBody"] = {
+                "required": op.body_required,
+                "content": {"application/json": {"schema": schema}},
+            }
+        if op.form is not None:
+            form = components[op.form.__name__]
+            operation["requestBody"] = {
+                "required": True,
+                "content": {
+                    "multipart/form-data": {
+                        "schema": {
+                            **form,
+                            "required": ["file"],
+                            "properties": {
+                                "file": {"type": "string", "format": "binary"},
+                                **form["properties"],
+                            },
+                        }
+                    }
+                },
+            }
+        paths.setdefault(path, {})[method] = operation
+    return paths, components
 
 
 # -- the edge's routes: image bytes, not the JSON envelope ------------------------------------
 
 IMAGE_TYPES = ("image/png", "image/jpeg", "image/webp", "image/avif")
-SLUG = {"type": "string", "pattern": "^[a-z0-9][a-z0-9_-]{0,63}$"}
-SCOPE = {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,64}$"}
+SLUG = {"type": "string", "pattern": anchored(SLUG_PATTERN)}
+SCOPE = {"type": "string", "pattern": anchored(SCOPE_PATTERN)}
 LIVE_QUERY = [
     {
         "name": "prompt",
         "in": "query",
         "required": True,
         "description": "What to draw; with the other live parameters, the cache key.",
-        "schema": GENERATION_BODY["properties"]["prompt"],
+        "schema": PROMPT_SCHEMA,
     },
     {
         "name": "aspectRatio",
         "in": "query",
         "description": "Empty: 1:1.",
-        "schema": {"type": "string", "enum": [*RATIOS, ""]},
+        "schema": {"type": "string", "enum": [*ASPECT_RATIOS, ""]},
     },
     {
         "name": "autoEnhance",
@@ -469,7 +261,7 @@ def _image_responses(errors: list[str], cors: bool, rate: bool) -> dict[str, Any
     headers = {**IMAGE_HEADERS, **(RATE_HEADERS if rate else {}), **(CORS_HEADERS if cors else {})}
     binary = {media: {"schema": {"type": "string", "format": "binary"}} for media in IMAGE_TYPES}
     error_content = {
-        "application/json": {"schema": ENVELOPE_ERROR},
+        "application/json": {"schema": {"$ref": REF.format(model="ErrorOut")}},
         "image/svg+xml": {
             "schema": {"type": "string"},
             "description": "An image naming the error, for a request that is an image load "
@@ -560,7 +352,12 @@ def edge_paths(max_dimension: int) -> dict[str, dict[str, Any]]:
                     "in": "path",
                     "required": True,
                     "description": "An image id, or a project alias such as @logo.",
-                    "schema": {"anyOf": [UUID, {"type": "string", "pattern": ALIAS_RE}]},
+                    "schema": {
+                        "anyOf": [
+                            UUID_SCHEMA,
+                            {"type": "string", "pattern": ALIAS_SCHEMA["pattern"]},
+                        ]
+                    },
                 },
             ],
             "get": {
@@ -583,7 +380,9 @@ def edge_paths(max_dimension: int) -> dict[str, dict[str, Any]]:
                     },
                     "401": {
                         "description": "METRICS_TOKEN is set and was not sent",
-                        "content": {"application/json": {"schema": ENVELOPE_ERROR}},
+                        "content": {
+                            "application/json": {"schema": {"$ref": REF.format(model="ErrorOut")}}
+                        },
                     },
                 },
             }
@@ -591,58 +390,18 @@ def edge_paths(max_dimension: int) -> dict[str, dict[str, Any]]:
     }
 
 
-def openapi_document(public_url: str, max_variant_dimension: int = 4096) -> dict[str, Any]:
-    paths: dict[str, dict[str, Any]] = edge_paths(max_variant_dimension)
-    for method, path, summary, body, query, status, auth in ROUTES:
-        params = [
-            {"name": name, "in": "path", "required": True, "schema": PATH_SCHEMAS[name]}
-            for name in ("id", "alias", "slug")
-            if "{" + name + "}" in path
-        ] + [{"name": q, "in": "query", "schema": QUERY_SCHEMAS[q]} for q in query]
-        operation: dict[str, Any] = {
-            "summary": summary,
-            "parameters": params,
-            "responses": {
-                str(status): {
-                    "description": "success",
-                    "content": {
-                        "application/json": {
-                            "schema": {
-                                "type": "object",
-                                "required": ["success"],
-                                "properties": {"success": {"type": "boolean", "enum": [True]}},
-                            }
-                        }
-                    },
-                },
-                **{
-                    code: {
-                        "description": "error",
-                        "content": {"application/json": {"schema": ENVELOPE_ERROR}},
-                    }
-                    for code in ERROR_STATUSES[auth]
-                },
-            },
-        }
-        if path == "/api/v1/generations" and method == "post":
-            operation["responses"]["202"] = operation["responses"]["201"]
-        if auth != "none":
-            operation["security"] = [{"apiKey": []}]
-        if body is not None:
-            content = (
-                body if "content" in body else {"content": {"application/json": {"schema": body}}}
-            )
-            operation["requestBody"] = {
-                "required": (method, path) not in OPTIONAL_BODIES,
-                **content,
-            }
-        paths.setdefault(path, {})[method] = operation
+def openapi_document(
+    routes: Iterable[BaseRoute], public_url: str, max_variant_dimension: int = 4096
+) -> dict[str, Any]:
+    """The document of `routes` (the origin app's) and of the edge's routes."""
+    paths, components = rest_paths(routes)
     return {
         "openapi": "3.1.0",
         "info": {"title": "banatie", "version": "0.1.0"},
         "servers": [{"url": public_url}],
         "components": {
-            "securitySchemes": {"apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"}}
+            "schemas": components,
+            "securitySchemes": {"apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"}},
         },
-        "paths": paths,
+        "paths": {**edge_paths(max_variant_dimension), **paths},
     }

@@ -9,9 +9,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from cache.errors import ApiError, ValidationError
 from origin.aliases import ALIAS_PATTERN, aliases_in_prompt, find_image, resolve_alias
-from origin.generation_input import MAX_REFERENCES
 from origin.generators import ReferenceImage
 from origin.models import Generation, Image
+from origin.schemas.fields import MAX_REFERENCES
 from origin.services import Services
 
 

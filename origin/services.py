@@ -10,10 +10,10 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from cache.budget import Budget, MemoryBudget, RedisBudget
+from cache.budget import Budget, open_budget
 from cache.errors import UpstreamUnavailable
 from cache.index import Index, open_index
-from cache.invalidation import InvalidationBus, LocalBus
+from cache.invalidation import InvalidationBus, open_bus
 from cache.metrics import Metrics
 from cache.objects import ObjectStore, open_store
 from cache.settings import Settings
@@ -132,15 +132,6 @@ async def open_services(
     if run_migrations:
         await migrate(engine)
     store = open_store(settings)
-    budget: Budget = MemoryBudget()
-    if settings.redis_url:
-        from cache.index.redis import connect
-
-        budget = RedisBudget(connect(settings.redis_url))
-        if bus is None:
-            from cache.invalidation import RedisBus
-
-            bus = RedisBus.from_url(settings.redis_url)
     generator = open_generator(settings)
     if generator.name == "offline":
         log.warning("no GEMINI_API_KEY set: using the offline generator (drawn placeholder images)")
@@ -151,6 +142,6 @@ async def open_services(
         store=store,
         generator=generator,
         index=index if index is not None else open_index(settings),
-        bus=bus if bus is not None else LocalBus(),
-        budget=budget,
+        bus=bus if bus is not None else open_bus(settings.redis_url),
+        budget=open_budget(settings.redis_url),
     )

@@ -14,19 +14,15 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from cache import signing
 from cache.errors import Conflict, ProjectNotFound, ValidationError
 from cache.live_key import SCOPE_PATTERN
-from origin.envelope import iso, optional_bool, optional_int
-from origin.generation_input import check_prompt, check_ratio, check_template
+from origin.envelope import iso
 from origin.models import Project, utcnow
-
-MAX_EXPIRES_IN_S = 10 * 365 * 24 * 3600
-MAX_URL_CHARS = 16 * 1024
-LIVE_FIELDS = ("scope", "prompt", "aspectRatio", "autoEnhance", "template")
+from origin.schemas.requests import SignBody
+from origin.schemas.responses import Secret, SigningState
 
 
 class SigningSecretMissing(Conflict):
@@ -56,7 +52,7 @@ def set_required(project: Project, required: bool) -> None:
     project.require_signed_urls = required
 
 
-def state_json(project: Project) -> dict[str, Any]:
+def state_json(project: Project) -> SigningState:
     """The project's signing state; never the secrets themselves."""
     secrets = []
     for role, secret, created in (
@@ -64,8 +60,8 @@ def state_json(project: Project) -> dict[str, Any]:
         ("previous", project.previous_signing_secret, project.previous_signing_secret_created_at),
     ):
         if secret:
-            secrets.append({"role": role, "createdAt": iso(created), "hint": secret[-4:]})
-    return {"requireSignedUrls": project.require_signed_urls, "secrets": secrets}
+            secrets.append(Secret(role=role, created_at=iso(created), hint=secret[-4:]))
+    return SigningState(require_signed_urls=project.require_signed_urls, secrets=secrets)
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,14 +73,12 @@ class LiveUrl:
 def live_url(org: str, project: str, scope: object, query: list[tuple[str, str]]) -> LiveUrl:
     """`scope` as the client gave it (any JSON value): checked here."""
     if not isinstance(scope, str) or not SCOPE_PATTERN.fullmatch(scope):
-        raise ValidationError("scope must match [A-Za-z0-9_-]{1,64}.", field="scope")
+        raise ValidationError(f"scope must match {SCOPE_PATTERN.pattern}.", field="scope")
     return LiveUrl(f"/cdn/{org}/{project}/live/{scope}", query)
 
 
 def parse_live_url(url: str, org: str, project: str, field: str = "path") -> LiveUrl:
     """A live CDN URL or path of this project; another project's is not found (404)."""
-    if len(url) > MAX_URL_CHARS:
-        raise ValidationError(f"{field} is longer than {MAX_URL_CHARS} characters.", field=field)
     parts = urlsplit(url)
     segments = unquote(parts.path).split("/")
     if len(segments) != 6 or segments[:2] != ["", "cdn"] or segments[4] != "live":
@@ -101,29 +95,19 @@ def parse_live_url(url: str, org: str, project: str, field: str = "path") -> Liv
     return live_url(org, project, segments[5], pairs)
 
 
-def live_url_from_body(body: dict[str, Any], org: str, project: str) -> LiveUrl:
+def live_url_from_body(body: SignBody, org: str, project: str) -> LiveUrl:
     """`path` (a live URL or path), or `scope` + `prompt` and the other live parameters."""
-    if "path" in body:  # null too: a client that sends the field means it
-        path = body["path"]
-        if not isinstance(path, str):
-            raise ValidationError("path must be a string: a live URL or path.", field="path")
-        both = [f for f in LIVE_FIELDS if body.get(f) is not None]
-        if both:
-            raise ValidationError(f"Give either path or {both[0]}, not both.", field=both[0])
-        return parse_live_url(path, org, project)
-    query = [("prompt", check_prompt(body.get("prompt")))]
-    if body.get("aspectRatio") is not None:
-        query.append(("aspectRatio", check_ratio(body["aspectRatio"])))
-    if body.get("autoEnhance") is not None:
-        enhance = optional_bool(body, "autoEnhance", True)
-        query.append(("autoEnhance", "true" if enhance else "false"))
-    if body.get("template") is not None:
-        query.append(("template", check_template(body["template"], "template")))
-    return live_url(org, project, body.get("scope"), query)
-
-
-def expires_in(body: dict[str, Any]) -> int | None:
-    return optional_int(body, "expiresInSeconds", None, 1, MAX_EXPIRES_IN_S)
+    if body.path is not None:
+        return parse_live_url(body.path, org, project)
+    assert body.prompt is not None  # SignBody asks for it without a path
+    query = [("prompt", body.prompt)]
+    if body.aspect_ratio is not None:
+        query.append(("aspectRatio", body.aspect_ratio))
+    if body.auto_enhance is not None:
+        query.append(("autoEnhance", "true" if body.auto_enhance else "false"))
+    if body.template is not None:
+        query.append(("template", body.template))
+    return live_url(org, project, body.scope, query)
 
 
 def sign_live_url(

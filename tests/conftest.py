@@ -5,10 +5,12 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+from playwright.sync_api import Browser
 
 from cache.objects import ObjectStore
 from cache.objects.local import LocalStore
 from cache.objects.s3 import S3Store
+from tests.chromium import chromium
 from tests.fake_gemini import FakeGemini, FakeGeminiServer
 from tests.harness import Api, api_for
 from tests.servers import (
@@ -139,6 +141,15 @@ def gemini(fake_gemini: FakeGeminiServer) -> Iterator[FakeGemini]:
     fake_gemini.fake.reset()
     yield fake_gemini.fake
     fake_gemini.fake.reset()
+
+
+# --- Headless Chromium (tests/chromium.py) ------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    """Chromium for one module's tests (each opens its own context)."""
+    yield from chromium()
 
 
 # --- The service under test (tests/harness.py) ---------------------------------------------

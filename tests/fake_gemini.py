@@ -9,7 +9,6 @@ import io
 import json
 import socket
 import threading
-import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,6 +18,8 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+
+from tests.waiting import wait_until
 
 # Pixel sizes as in origin.generators.ASPECT_RATIOS, scaled down by 8 to keep answers small.
 _SIZES = {
@@ -80,7 +81,8 @@ class FakeGemini:
         self.requests: list[RecordedRequest] = []
         self.generations = 0  # image answers actually given
         self.delay_s = 0.0
-        self.holding = False
+        self._holding = False
+        self._held: list[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = []  # until let go
         self.url = ""  # set by FakeGeminiServer.start
         self._failures: list[_Failure] = []
         self._malformed: list[str] = []
@@ -126,17 +128,23 @@ class FakeGemini:
 
     def hold(self) -> None:
         """Image calls hang (after being recorded in `requests`) until `let_go`."""
-        self.holding = True
+        with self._lock:
+            self._holding = True
 
     def let_go(self) -> None:
-        self.holding = False
+        with self._lock:
+            self._holding = False
+            held, self._held = self._held, []
+        for loop, released in held:
+            if not loop.is_closed():  # else the server stopped, and the call with it
+                loop.call_soon_threadsafe(released.set)
 
     def reset(self) -> None:
+        self.let_go()
         with self._lock:
             self.requests.clear()
             self.generations = 0
             self.delay_s = 0.0
-            self.holding = False
             self._failures.clear()
             self._malformed.clear()
 
@@ -147,6 +155,14 @@ class FakeGemini:
     @property
     def text_requests(self) -> list[RecordedRequest]:
         return [r for r in self.requests if "image" not in r.model]
+
+    async def _until_let_go(self) -> None:
+        released = asyncio.Event()
+        with self._lock:  # `let_go` (on the test's thread) sets every event it finds here
+            if not self._holding:
+                return
+            self._held.append((asyncio.get_running_loop(), released))
+        await released.wait()
 
     # -- the endpoint --------------------------------------------------------------------
 
@@ -166,11 +182,9 @@ class FakeGemini:
             malformed = self._malformed.pop(0) if self._malformed and not failure else None
             delay = self.delay_s
         if delay:
-            await asyncio.sleep(delay)
-        # An upstream that hangs until let go; set from the test's thread, so a flag polled
-        # here rather than an event of this loop.
-        while self.holding and "image" in model:  # noqa: ASYNC110
-            await asyncio.sleep(0.01)
+            await asyncio.sleep(delay)  # a slow upstream: the wait is the behaviour asked for
+        if "image" in model:
+            await self._until_let_go()
         if failure is not None:
             return JSONResponse(failure.body, failure.status, headers=failure.headers)
         if malformed is not None:
@@ -216,11 +230,10 @@ class FakeGeminiServer:
             target=self._server.run, kwargs={"sockets": [sock]}, daemon=True
         )
         self._thread.start()
-        deadline = time.monotonic() + 10
-        while not self._server.started:
-            if time.monotonic() > deadline or not self._thread.is_alive():
-                raise RuntimeError("fake Gemini server did not start")
-            time.sleep(0.01)
+        server, thread = self._server, self._thread
+        wait_until(lambda: server.started or not thread.is_alive(), "fake Gemini to start")
+        if not server.started:
+            raise RuntimeError("fake Gemini server did not start")
         return self
 
     def stop(self) -> None:

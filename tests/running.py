@@ -48,7 +48,7 @@ class Banatie:
     def cli(self, *args: str) -> str:
         """Run a one-off `banatie` command with the same environment; its stdout."""
         return subprocess.run(
-            [sys.executable, "-m", "edge.cli", *args],
+            [sys.executable, "-m", "banatie", *args],
             env=self.env,
             cwd=ROOT,
             check=True,
@@ -59,7 +59,7 @@ class Banatie:
     def start(self, timeout_s: float = 30) -> Banatie:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         with open(self.log, "ab") as log:
-            command = [sys.executable, "-m", "edge.cli", self.command, "--port", str(self.port)]
+            command = [sys.executable, "-m", "banatie", self.command, "--port", str(self.port)]
             self.process = subprocess.Popen(
                 [*command, *self.args],
                 env=self.env,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import glob
 import os
 import pwd
@@ -18,7 +19,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
 import urllib.error
 import urllib.request
 import uuid
@@ -28,9 +28,11 @@ from pathlib import Path
 
 import asyncpg
 import pytest
+import redis
 from sqlalchemy.engine import make_url
 
 from cache.objects.s3 import S3Store
+from tests.waiting import wait_until
 
 START_TIMEOUT_S = 30.0
 
@@ -43,12 +45,7 @@ def free_port() -> int:
 
 
 def _wait_for(ready: Callable[[], bool], what: str, log: Path | None = None) -> None:
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if ready():
-            return
-        time.sleep(0.05)
-    pytest.fail(f"{what} did not start within {START_TIMEOUT_S:.0f} s{_tail(log)}")
+    wait_until(ready, f"{what} to start", START_TIMEOUT_S, detail=lambda: _tail(log))
 
 
 def _tail(log: Path | None, lines: int = 20) -> str:
@@ -142,12 +139,39 @@ class RedisServer:
 
     @contextlib.contextmanager
     def stopped(self) -> Iterator[None]:
-        """Redis is down inside the block and back (empty) after it."""
-        self.stop()
+        """Redis is down inside the block (a clean stop) and back, empty, after it."""
+        with self._outage(self.stop, self.start):
+            yield
+
+    @contextlib.contextmanager
+    def killed(self) -> Iterator[None]:
+        """Redis is gone inside the block (`kill`) and back, empty, after it."""
+        with self._outage(self.kill, self.start):
+            yield
+
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        """Redis is stalled inside the block (`pause`) and answers again after it."""
+        with self._outage(self.pause, self.resume):
+            yield
+
+    @contextlib.contextmanager
+    def writes_paused(self, longest_s: float) -> Iterator[None]:
+        """CLIENT PAUSE WRITE inside the block (for `longest_s` at most): writes wait, reads
+        are answered."""
+        with redis.Redis.from_url(self.url) as r:
+            pause = functools.partial(r.client_pause, int(longest_s * 1000), all=False)
+            with self._outage(pause, r.client_unpause):
+                yield
+
+    @staticmethod
+    @contextlib.contextmanager
+    def _outage(begin: Callable[[], object], end: Callable[[], object]) -> Iterator[None]:
+        begin()
         try:
             yield
         finally:
-            self.start()
+            end()
 
 
 # -- PostgreSQL -------------------------------------------------------------------------------

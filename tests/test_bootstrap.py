@@ -3,6 +3,7 @@ or to the token printed at start."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import re
 from collections.abc import AsyncIterator
@@ -18,6 +19,7 @@ from origin.keys import create_key
 from origin.services import Services, open_services
 from tests.harness import make_settings
 from tests.running import Banatie
+from tests.waiting import wait_until
 
 BOOTSTRAP = "/api/bootstrap/initial-key"
 TOKEN = "token-printed-at-start"
@@ -197,3 +199,48 @@ def test_each_start_prints_a_new_token(serve: Any, tmp_path: Path) -> None:
         assert _printed_token(again) not in (None, token)
     finally:
         again.stop()
+
+
+# -- concurrent first starts and first requests -----------------------------------------------
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def database(request: pytest.FixtureRequest) -> dict[str, str]:
+    """The environment that names an empty database of each kind."""
+    if request.param == "sqlite":
+        return {}  # DATA_DIR's own
+    return {"DATABASE_URL": request.getfixturevalue("postgres_database")}
+
+
+@pytest.fixture
+def two_workers(tmp_path: Path, database: dict[str, str]) -> Any:
+    """`banatie serve --workers 2` on an empty database, both workers through their start, so
+    that requests race across processes as well as within one."""
+    started: list[Banatie] = []
+
+    def start(**env: str) -> Banatie:
+        server = Banatie("serve", tmp_path / "data", {**database, **env}, ("--workers", "2"))
+        started.append(server.start())
+        wait_until(
+            lambda: server.log.read_text().count("Application startup complete") == 2,
+            "both workers to start",
+        )
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+async def test_concurrent_first_requests_mint_one_master_key(two_workers: Any) -> None:
+    server = two_workers()
+    limits = httpx.Limits(max_connections=16)
+    async with httpx.AsyncClient(limits=limits, timeout=30) as http:
+        sent = (http.post(server.url + BOOTSTRAP) for _ in range(16))
+        statuses = sorted(response.status_code for response in await asyncio.gather(*sent))
+    assert statuses == [201] + [403] * 15
+
+
+def test_workers_starting_together_create_one_default_project(two_workers: Any) -> None:
+    server = two_workers(BOOTSTRAP_DEFAULT_PROJECT="true")
+    assert server.log.read_text().count("created project default/default") == 1

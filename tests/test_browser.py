@@ -7,8 +7,6 @@ another port) with `<img>` URLs pointing at a real `banatie serve`.
 
 from __future__ import annotations
 
-import re
-import shutil
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -16,24 +14,13 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-import httpx
 import pytest
-from playwright.sync_api import Browser, Page, sync_playwright
+from playwright.sync_api import Browser, Page
 
 from tests.running import Banatie
 from tests.servers import free_port
+from tests.test_multiprocess import metric
 
-# As root, without a sandbox; and no network of its own (updates, sync, QUIC probes).
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 LOAD_TIMEOUT_MS = 120_000  # a deadline for a condition, not a wait: 24 generations on 2 cores
 ALL_LOADED = "() => [...document.images].every(i => i.complete)"
 ERROR_IMAGE_WIDTH = 480  # cache/errors.py draws error images this wide
@@ -70,22 +57,6 @@ class Pages:
     def close(self) -> None:
         self.server.shutdown()
         self.server.server_close()
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    chromium = shutil.which("chromium")
-    if chromium is None:
-        pytest.fail(
-            "the browser tests need headless Chromium: install Debian's `chromium` package "
-            "(apt-get install -y --no-install-recommends chromium; .ci/run does this)"
-        )
-    with sync_playwright() as playwright:
-        launched = playwright.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
-        try:
-            yield launched
-        finally:
-            launched.close()
 
 
 @pytest.fixture(scope="module")
@@ -143,12 +114,6 @@ def images(page: Page) -> list[dict[str, Any]]:
 
 def img(url: str, *attrs: str) -> str:
     return f'<img src="{url}" onerror="this.dataset.failed=\'yes\'" {" ".join(attrs)}>'
-
-
-def metric(app: Banatie, name: str) -> float:
-    text = httpx.get(app.url + "/metrics").text
-    found = re.search(rf"^{name} (\S+)$", text, re.M)
-    return float(found[1]) if found else 0.0
 
 
 def test_a_page_of_24_new_images_loads_fully_on_defaults(

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import Callable
 
 import pytest
 
-from cache.coalesce import Coalescer
 from cache.errors import GatewayTimeout, GenerationFailed, RateLimitExceeded, UpstreamUnavailable
+from edge.coalesce import Coalescer
+from tests.waiting import suspended, until
 
 
 class Work:
@@ -45,17 +44,9 @@ def coalescer(**kw: object) -> Coalescer[str]:
     return Coalescer(**{**options, **kw})  # type: ignore[arg-type]
 
 
-async def joined() -> None:
-    """One turn of the event loop: tasks created just before run up to their first real wait
-    (`run` does not suspend before it joins the key's task), so they have joined."""
-    await asyncio.sleep(0)
-
-
-async def until(condition: Callable[[], bool], within_s: float = 5.0) -> None:
-    deadline = time.monotonic() + within_s
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.005)
+async def joined(caller: asyncio.Task[str]) -> None:
+    """Until `caller` waits on the key's task (`run` does not suspend before it joins)."""
+    await suspended(caller, "the caller to join the key's task")
 
 
 async def test_concurrent_callers_share_one_run() -> None:
@@ -85,7 +76,7 @@ async def test_cancelled_caller_does_not_cancel_the_work() -> None:
     with pytest.raises(asyncio.CancelledError):
         await first
     second = asyncio.create_task(c.run("k", work))
-    await joined()
+    await joined(second)
     work.release.set()
     assert await second == "image"
     assert (work.runs, work.finished) == (1, 1)
@@ -97,7 +88,7 @@ async def test_work_finishes_even_when_every_caller_left() -> None:
     await work.started.wait()
     caller.cancel()
     work.release.set()
-    await until(lambda: c.in_flight == 0)
+    await until(lambda: c.in_flight == 0, "the work to finish with nobody waiting")
     assert work.finished == 1
 
 
@@ -189,7 +180,7 @@ async def test_a_refusal_of_the_leader_is_not_passed_on_to_the_others() -> None:
     leader = asyncio.create_task(c.run("k", over_budget))
     await started.wait()
     follower = asyncio.create_task(c.run("k", work))
-    await joined()
+    await joined(follower)
     release.set()
     with pytest.raises(RateLimitExceeded):
         await leader

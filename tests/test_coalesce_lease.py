@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 
-from cache.coalesce import Coalescer
+from edge.coalesce import Coalescer
 
 
 class SwallowingLocks:
@@ -25,7 +25,7 @@ class SwallowingLocks:
     async def renew(self, digest: str, token: str, lease_ms: int) -> bool:
         self.renewing.set()
         try:
-            await asyncio.sleep(1)
+            await asyncio.Event().wait()  # a command in flight, until cancelled
         except asyncio.CancelledError:
             pass  # the client's own clean-up ran, and it answers anyway
         return True

@@ -11,8 +11,9 @@ import sys
 import time
 from pathlib import Path
 
-from cache.lru import Entry
 from edge.disk_cache import DiskCache
+from edge.lru import Entry
+from tests.waiting import wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -45,11 +46,13 @@ def test_sigkill_in_the_middle_of_a_write_leaves_nothing_servable_wrongly(
     folder = tmp_path / "disk"
     child = subprocess.Popen([sys.executable, "-c", WRITER, str(folder)], cwd=ROOT)
     try:
-        deadline = time.monotonic() + 60
-        # Kill it while a temp file is half written (after a few whole entries).
-        while not (len(list((folder / "entries").glob("*/*"))) >= 2 and _half_written(folder)):
-            assert child.poll() is None and time.monotonic() < deadline, "the writer stalled"
-            time.sleep(0.001)
+
+        def mid_write() -> bool:  # after a few whole entries, a temp file half written
+            assert child.poll() is None, "the writer died"
+            return len(list((folder / "entries").glob("*/*"))) >= 2 and _half_written(folder)
+
+        # Polled often: a write of 8 MB is half done only for a moment.
+        wait_until(mid_write, "the writer to be mid-write", 60, poll_s=0.001)
         child.send_signal(signal.SIGKILL)
         child.wait(10)
     finally:

@@ -10,6 +10,7 @@ the disk tier (or storage, when the disk tier fails to answer).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import io
 import os
@@ -29,16 +30,19 @@ from tests.fake_gemini import FakeGemini
 from tests.running import Banatie
 from tests.servers import MotoServer, s3_store_for
 from tests.test_multiprocess import (
+    Deployment,
     assert_envelope,
     assert_image,
     client,
     deployed,
     deployment_env,
-    eventually,
+    has_metric,
     live_path,
+    metric,
     new_bucket,
     project_key,
 )
+from tests.waiting import until, wait_until
 
 NO_L1 = {"L1_BYTES": "100"}  # no image fits: every hit after the first is a disk (or S3) read
 
@@ -63,20 +67,27 @@ async def s3_env_for(moto: MotoServer, redis_url: str, gemini: FakeGemini) -> di
     return deployment_env(gemini, REDIS_URL=redis_url, **await new_bucket(moto.endpoint))
 
 
-def metric(edge: Banatie, name: str) -> float:
-    """One sample of /metrics, 0 when absent (`name` may carry labels)."""
-    text = httpx.get(edge.url + "/metrics", timeout=10).text
-    found = re.search(rf"^{re.escape(name)} (\S+)$", text, re.M)
-    return float(found[1]) if found else 0.0
-
-
-def has_metric(edge: Banatie, name: str) -> bool:
-    text = httpx.get(edge.url + "/metrics", timeout=10).text
-    return re.search(rf"^{re.escape(name)} ", text, re.M) is not None
-
-
 DISK_HITS = 'banatie_cache_hits_total{tier="disk"}'
 DISK_ENTRIES = "banatie_disk_cache_entries"
+
+
+@contextlib.contextmanager
+def one_edge(
+    tmp_path: Path, env: dict[str, str], **edge_env: str
+) -> Iterator[tuple[Deployment, Banatie, Path]]:
+    """An origin and one edge whose disk tier is `tmp_path / "disk"`: (deployment, edge, disk)."""
+    disk = tmp_path / "disk"
+    edge_env = {**edge_env, "DISK_CACHE_DIR": str(disk)}
+    with deployed(tmp_path, env, edges=1, edge_env=[edge_env]) as d:
+        yield d, d.edges[0], disk
+
+
+@contextlib.contextmanager
+def stopped(edge: Banatie) -> Iterator[None]:
+    """The edge is down inside the block and started again after it (same port, same disk)."""
+    edge.stop()
+    yield
+    edge.start()
 
 
 def entry_files(directory: Path) -> list[Path]:
@@ -96,7 +107,7 @@ def held_bytes(directory: Path) -> int:
 
 async def on_disk(edge: Banatie, directory: Path, count: int) -> None:
     """Wait until `count` entries are written under `directory` (the writes are queued)."""
-    await eventually(
+    await until(
         lambda: len(entry_files(directory)) == count and metric(edge, DISK_ENTRIES) == count,
         f"{count} disk cache entries in {directory}",
     )
@@ -109,9 +120,7 @@ async def test_an_l1_miss_is_served_from_disk_without_reading_object_storage(
     tmp_path: Path, gemini: FakeGemini, redis_url: str, moto: MotoServer
 ) -> None:
     env = await s3_env_for(moto, redis_url, gemini)
-    disk = tmp_path / "disk"
-    with deployed(tmp_path, env, edges=1, edge_env=[{**NO_L1, "DISK_CACHE_DIR": str(disk)}]) as d:
-        [edge] = d.edges
+    with one_edge(tmp_path, env, **NO_L1) as (d, edge, disk):
         path = live_path(f"from disk {time.time_ns()}")
         async with client() as http:
             miss = await http.get(edge.url + path, headers=d.headers)
@@ -139,9 +148,7 @@ async def test_a_restarted_edge_serves_from_disk(
     tmp_path: Path, gemini: FakeGemini, redis_url: str, moto: MotoServer
 ) -> None:
     env = await s3_env_for(moto, redis_url, gemini)
-    disk = tmp_path / "disk"
-    with deployed(tmp_path, env, edges=1, edge_env=[{"DISK_CACHE_DIR": str(disk)}]) as d:
-        [edge] = d.edges
+    with one_edge(tmp_path, env) as (d, edge, disk):
         path = live_path(f"kept across a restart {time.time_ns()}")
         image_path = ""
         async with client() as http:
@@ -168,19 +175,13 @@ async def test_a_delete_made_while_the_edge_was_down_is_applied_when_it_starts(
     tmp_path: Path, gemini: FakeGemini, redis_url: str, moto: MotoServer
 ) -> None:
     env = await s3_env_for(moto, redis_url, gemini)
-    disk = tmp_path / "disk"
-    with deployed(tmp_path, env, edges=1, edge_env=[{"DISK_CACHE_DIR": str(disk)}]) as d:
-        [edge] = d.edges
+    with one_edge(tmp_path, env) as (d, edge, disk):
         path = live_path(f"deleted while the edge was down {time.time_ns()}")
         async with client() as http:
             image_id = assert_image(await http.get(edge.url + path, headers=d.headers), "MISS")
             await on_disk(edge, disk, 1)
-            edge.stop()
-            deleted = await http.delete(
-                f"{d.origin.url}/api/v1/images/{image_id}", headers=d.headers
-            )
-            assert deleted.status_code == 200, deleted.text
-            edge.start()
+            with stopped(edge):
+                await d.delete_image(http, image_id)
             await on_disk(edge, disk, 0)
             replaced = await http.get(edge.url + path, headers=d.headers)
             assert assert_image(replaced, "MISS") != image_id
@@ -194,10 +195,8 @@ async def test_a_torn_entry_is_never_served_and_is_written_again(
     tmp_path: Path, gemini: FakeGemini, redis_url: str, moto: MotoServer
 ) -> None:
     env = await s3_env_for(moto, redis_url, gemini)
-    disk = tmp_path / "disk"
     bucket = env["S3_BUCKET"]
-    with deployed(tmp_path, env, edges=1, edge_env=[{**NO_L1, "DISK_CACHE_DIR": str(disk)}]) as d:
-        [edge] = d.edges
+    with one_edge(tmp_path, env, **NO_L1) as (d, edge, disk):
         path = live_path(f"torn on disk {time.time_ns()}")
         async with client() as http:
             original = await http.get(edge.url + path, headers=d.headers)
@@ -209,12 +208,11 @@ async def test_a_torn_entry_is_never_served_and_is_written_again(
         flipped[-5] ^= 0xFF  # same size, one body byte wrong: only the checksum tells
         # What a crash can leave: a file cut short, one with a bad byte, a temp file.
         for damaged in (whole[: len(whole) // 2], bytes(flipped)):
-            edge.stop()
-            entry.write_bytes(damaged)
-            stale_tmp = disk / "tmp" / f"{entry.name}.99999.0"
-            stale_tmp.write_bytes(whole[:100])
-            os.utime(stale_tmp, (time.time() - 3600, time.time() - 3600))
-            edge.start()
+            with stopped(edge):
+                entry.write_bytes(damaged)
+                stale_tmp = disk / "tmp" / f"{entry.name}.99999.0"
+                stale_tmp.write_bytes(whole[:100])
+                os.utime(stale_tmp, (time.time() - 3600, time.time() - 3600))
             repairs = metric(edge, "banatie_disk_cache_repairs_total")
             reads = s3_gets(moto, bucket)
             async with client() as http:
@@ -224,13 +222,11 @@ async def test_a_torn_entry_is_never_served_and_is_written_again(
                 assert served.headers["etag"] == original.headers["etag"]
                 assert s3_gets(moto, bucket) == reads + 1  # read again from storage …
                 assert metric(edge, "banatie_disk_cache_repairs_total") == repairs + 1
-                await eventually(lambda: whole_again(entry, whole), "the entry written again")
+                await until(lambda: whole_again(entry, whole), "the entry written again")
                 again = await http.get(edge.url + path, headers=d.headers)  # … then from disk
                 assert again.content == original.content
                 assert s3_gets(moto, bucket) == reads + 1
-            await eventually(
-                lambda tmp=stale_tmp: not tmp.exists(), "the sweep to remove the temp file"
-            )
+            await until(lambda tmp=stale_tmp: not tmp.exists(), "the sweep to remove the temp file")
 
 
 def whole_again(entry: Path, whole: bytes) -> bool:
@@ -254,10 +250,8 @@ async def test_an_edge_killed_while_writing_never_serves_a_partial_body(
     tmp_path: Path, gemini: FakeGemini, redis_url: str, moto: MotoServer
 ) -> None:
     env = await s3_env_for(moto, redis_url, gemini)
-    disk = tmp_path / "disk"
     store = s3_store_for(moto.endpoint, env["S3_BUCKET"])
-    with deployed(tmp_path, env, edges=1, edge_env=[{**NO_L1, "DISK_CACHE_DIR": str(disk)}]) as d:
-        [edge] = d.edges
+    with one_edge(tmp_path, env, **NO_L1) as (d, edge, disk):
         expected: dict[str, bytes] = {}
         async with client() as http:
             for n in range(16):
@@ -317,13 +311,17 @@ async def test_a_delete_removes_the_disk_entries_on_every_edge(
                 assert assert_image(await http.get(edge.url + path, headers=d.headers)) == image_id
                 assert assert_image(await http.get(edge.url + image_path)) == image_id
                 await on_disk(edge, disk, 2)
-            deleted = await http.delete(
-                f"{d.origin.url}/api/v1/images/{image_id}", headers=d.headers
-            )
-            assert deleted.status_code == 200, deleted.text
+                for _ in range(2):  # read whole from disk, then sent from the file
+                    hit = await http.get(edge.url + path, headers=d.headers)
+                    assert assert_image(hit, "HIT") == image_id
+            await d.delete_image(http, image_id)
             for edge, disk in zip(d.edges, disks, strict=True):
                 await on_disk(edge, disk, 0)
                 assert_envelope(await http.get(edge.url + image_path), 404)
+            # The live URL is a new image now, on both edges.
+            for edge in d.edges:
+                again = await http.get(edge.url + path, headers=d.headers)
+                assert assert_image(again) != image_id
 
 
 async def test_the_byte_bound_holds_under_a_flood_of_distinct_keys(
@@ -352,7 +350,7 @@ async def test_the_byte_bound_holds_under_a_flood_of_distinct_keys(
                         sizes.append(held_bytes(disk))
 
                 await asyncio.gather(*(fetch(n) for n in range(len(paths))))
-            await eventually(
+            await until(
                 lambda: metric(one, "banatie_disk_cache_bytes") > bound * 0.7, "the last writes"
             )
             held = held_bytes(disk)
@@ -398,14 +396,18 @@ def test_the_fast_path_and_the_asgi_path_give_the_same_hit(tmp_path: Path, tier:
             assert_eventually_on_disk(app, tmp_path / "disk-cache")
         httpx.get(app.url + LIVE)  # the project is known now: the fast path may answer
         answers = []
+        sends = "banatie_disk_cache_file_sends_total"
         for target in (LIVE, LIVE + "#x"):  # a fragment: the fast path declines it
             fast_before = metric(app, "banatie_fast_path_responses_total")
-            disk_before = metric(app, DISK_HITS)
+            disk_before, sends_before = metric(app, DISK_HITS), metric(app, sends)
             answers.append(raw_get(app, target))
             took_fast = metric(app, "banatie_fast_path_responses_total") - fast_before
             assert took_fast == (1 if target == LIVE else 0), target
             from_disk = metric(app, DISK_HITS) - disk_before
             assert from_disk == (1 if tier == "disk" else 0), target
+            # The fast path sends a file it has read whole before with os.sendfile.
+            from_file = metric(app, sends) - sends_before
+            assert from_file == (1 if tier == "disk" and target == LIVE else 0), target
         fast, asgi = answers
         assert fast[0].startswith(b"HTTP/1.1 200") and b"x-cache-status: HIT" in fast[1]
         assert fast == asgi
@@ -415,18 +417,16 @@ def test_the_fast_path_and_the_asgi_path_give_the_same_hit(tmp_path: Path, tier:
 
 
 def assert_eventually_on_disk(app: Banatie, directory: Path) -> None:
-    deadline = time.monotonic() + 30
-    while not entry_files(directory):
-        if time.monotonic() > deadline:
-            pytest.fail(f"no disk cache entry in {directory}")
-        time.sleep(0.05)
+    wait_until(lambda: entry_files(directory), f"a disk cache entry in {directory}")
 
 
-def test_banatie_serve_on_a_local_store_has_no_disk_tier_by_default(tmp_path: Path) -> None:
+def test_banatie_serve_on_a_local_store_keeps_a_disk_tier_too(tmp_path: Path) -> None:
     app = Banatie("serve", tmp_path)
     app.start()
     try:
-        assert not has_metric(app, DISK_ENTRIES)
-        assert not (tmp_path / "disk-cache").exists()
+        project_key(app)
+        assert httpx.get(app.url + LIVE).headers["x-cache-status"] == "MISS"
+        assert_eventually_on_disk(app, tmp_path / "disk-cache")
+        assert has_metric(app, DISK_ENTRIES)
     finally:
         app.stop()

@@ -8,16 +8,14 @@ runs a request, while no request leaves the server's origin.
 from __future__ import annotations
 
 import re
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import Browser, sync_playwright
+from playwright.sync_api import Browser, expect
 
 from tests.harness import Api
 from tests.running import Banatie
-from tests.test_browser import CHROMIUM_ARGS
 
 RENDER_TIMEOUT_MS = 60_000  # a deadline for a condition: a 1.7 MB bundle on a busy machine
 # Collects what the page's CSP blocked, so a blocked style or script fails the test.
@@ -67,19 +65,6 @@ async def test_unknown_docs_assets_are_404_in_the_envelope(sqlite_api: Api) -> N
 
 
 @pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    chromium = shutil.which("chromium")
-    if chromium is None:
-        pytest.fail("the docs test needs headless Chromium: install Debian's `chromium` package")
-    with sync_playwright() as playwright:
-        launched = playwright.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
-        try:
-            yield launched
-        finally:
-            launched.close()
-
-
-@pytest.fixture(scope="module")
 def banatie(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Banatie]:
     app = Banatie("serve", tmp_path_factory.mktemp("docs")).start()
     try:
@@ -108,7 +93,7 @@ def test_swagger_ui_renders_authorizes_and_runs_a_request(
         images = page.locator(".opblock-get").filter(
             has=page.locator('[data-path="/api/v1/images"]')
         )
-        assert images.count() == 1
+        expect(images).to_have_count(1)
         create = page.locator(".opblock-post").filter(
             has=page.locator('[data-path="/api/v1/generations"]')
         )
@@ -129,8 +114,7 @@ def test_swagger_ui_renders_authorizes_and_runs_a_request(
         assert answer.value.status == 200
         assert answer.value.request.headers.get("x-api-key") == key
         status = images.locator(".live-responses-table tr.response .response-col_status").first
-        status.wait_for()
-        assert "200" in status.inner_text()
+        expect(status).to_contain_text("200")
         violations += page.evaluate("window.cspViolations")
     finally:
         context.close()

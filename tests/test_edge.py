@@ -29,23 +29,32 @@ from origin.keys import create_key
 from origin.services import Services, open_services
 from tests.harness import make_settings, png_bytes
 from tests.servers import RedisServer, free_port
+from tests.waiting import until
 
 PROMPT = "a lighthouse at dawn"
 
 
 class CountingOrigin(InProcessOrigin):
-    """The in-process origin, counting live calls and the generations they paid for."""
+    """The in-process origin, counting live calls and the generations they paid for.
+    `hold()` keeps every call waiting at the door until the test calls `release()`: a
+    generation in progress for exactly as long as the test needs one."""
 
     def __init__(self, services: Services) -> None:
         super().__init__(services)
         self.calls = 0
         self.generations = 0
-        self.delay_s = 0.0
+        self._open = asyncio.Event()
+        self._open.set()
+
+    def hold(self) -> None:
+        self._open.clear()
+
+    def release(self) -> None:
+        self._open.set()
 
     async def live(self, params: LiveParams) -> LiveResult:
         self.calls += 1
-        if self.delay_s:
-            await asyncio.sleep(self.delay_s)
+        await self._open.wait()
         result = await super().live(params)
         self.generations += result.created
         return result
@@ -220,27 +229,26 @@ async def test_anything_else_is_another_image(site: Site, change: dict[str, str]
 
 
 async def test_concurrent_requests_for_a_new_key_generate_once(site: Site) -> None:
-    site.origin.delay_s = 0.2
-    responses = await asyncio.gather(*(site.live({"prompt": PROMPT}) for _ in range(100)))
+    site.origin.hold()
+    requests = [asyncio.create_task(site.live({"prompt": PROMPT})) for _ in range(100)]
+    await until(lambda: site.edge.metrics.misses == 100, "all 100 requests to miss")
+    site.origin.release()
+    responses = await asyncio.gather(*requests)
     assert {r.status_code for r in responses} == {200}
     assert len({r.content for r in responses}) == 1
     assert site.origin.calls == 1 and site.origin.generations == 1
 
 
 async def test_client_disconnect_does_not_cancel_the_generation(site: Site) -> None:
-    site.origin.delay_s = 0.3
+    site.origin.hold()
     first = asyncio.create_task(site.live({"prompt": PROMPT}))
-    deadline = time.monotonic() + 10.0
-    while site.origin.calls == 0:  # the miss has reached the origin
-        assert time.monotonic() < deadline, "the miss never reached the origin"
-        await asyncio.sleep(0.01)
+    await until(lambda: site.origin.calls == 1, "the miss to reach the origin")
     first.cancel()  # the browser went away mid-generation
     with pytest.raises(asyncio.CancelledError):
         await first
-    deadline = time.monotonic() + 10.0
-    while site.origin.generations == 0:  # the generation carries on without its client
-        assert time.monotonic() < deadline, "the generation was cancelled with its client"
-        await asyncio.sleep(0.05)
+    site.origin.release()
+    # The generation carries on without its client.
+    await until(lambda: site.origin.generations == 1, "the generation to finish")
     again = await site.live({"prompt": PROMPT})
     assert again.status_code == 200 and again.headers["x-cache-status"] == "HIT"
     assert site.origin.calls == 1
@@ -559,8 +567,12 @@ async def test_unexpected_errors_are_500_without_a_trace(site: Site) -> None:
 
 async def test_too_many_generations_at_once_is_503(tmp_path: Path) -> None:
     async with open_site(tmp_path, max_concurrent_generations=2) as site:
-        site.origin.delay_s = 0.3
-        responses = await asyncio.gather(*(site.live({"prompt": f"p{n}"}) for n in range(4)))
+        site.origin.hold()
+        requests = [asyncio.create_task(site.live({"prompt": f"p{n}"})) for n in range(4)]
+        await until(lambda: site.origin.calls == 2, "two generations to start")
+        await until(lambda: sum(r.done() for r in requests) == 2, "the other two to be refused")
+        site.origin.release()
+        responses = await asyncio.gather(*requests)
         codes = sorted(r.status_code for r in responses)
         assert codes == [200, 200, 503, 503]
         refused = next(r for r in responses if r.status_code == 503)
@@ -569,7 +581,6 @@ async def test_too_many_generations_at_once_is_503(tmp_path: Path) -> None:
         # A refusal claims nothing: no generation row is left behind and the key is free.
         rows = (await site.api("GET", "/api/v1/generations")).json()["data"]
         assert sorted(g["status"] for g in rows) == ["success", "success"]
-        site.origin.delay_s = 0
         again = [await site.live({"prompt": f"p{n}"}) for n in range(4)]
         assert [r.status_code for r in again] == [200] * 4
         assert sorted(r.headers["x-cache-status"] for r in again) == ["HIT", "HIT", "MISS", "MISS"]
@@ -597,9 +608,9 @@ async def test_alone_the_edge_answers_404_envelopes(site: Site) -> None:
 
 async def test_two_edges_on_one_redis_generate_once(tmp_path: Path, redis_url: str) -> None:
     async with open_site(tmp_path, index=RedisIndex.from_url(redis_url)) as site:
-        site.origin.delay_s = 0.3
+        site.origin.hold()
         other_index = RedisIndex.from_url(redis_url)
-        _, other = second_edge(site, index=other_index)
+        other_edge, other = second_edge(site, index=other_index)
         prompt = f"{PROMPT} {time.time()}"  # the Redis server is shared by the session
         try:
             calls = [
@@ -608,7 +619,13 @@ async def test_two_edges_on_one_redis_generate_once(tmp_path: Path, redis_url: s
                 )
                 for n in range(40)
             ]
-            responses = await asyncio.gather(*calls)
+            requests = [asyncio.create_task(call) for call in calls]
+            await until(
+                lambda: site.edge.metrics.misses + other_edge.metrics.misses == 40,
+                "all 40 requests to miss on their edge",
+            )
+            site.origin.release()
+            responses = await asyncio.gather(*requests)
         finally:
             await other.aclose()
             await other_index.close()
@@ -656,10 +673,7 @@ async def test_deletes_reach_other_edges_over_redis(tmp_path: Path, redis_url: s
             assert (await http.get(url)).status_code == 200
             assert len(edge.l1) == 1
             await site.api("DELETE", f"/api/v1/images/{image_id}")
-            deadline = time.monotonic() + 3.0
-            while len(edge.l1):
-                assert time.monotonic() < deadline, "the other edge kept the deleted image"
-                await asyncio.sleep(0.02)
+            await until(lambda: not len(edge.l1), "the other edge to drop the deleted image")
             assert (await http.get(url)).status_code == 404
         finally:
             await http.aclose()

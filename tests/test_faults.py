@@ -26,12 +26,12 @@ from tests.test_multiprocess import (
     client,
     deployed,
     deployment_env,
-    eventually,
     live_path,
     new_bucket,
     one_process,
     redis_has,
 )
+from tests.waiting import until
 
 # -- Redis, storage and the origin going away --------------------------------------------------
 
@@ -64,10 +64,10 @@ async def test_hits_are_answered_throughout_a_redis_restart(
 
             loaders = [asyncio.create_task(load(n)) for n in range(4)]
             try:
-                await eventually(lambda: len(answers) >= 40, "hits before the outage")
+                await until(lambda: len(answers) >= 40, "hits before the outage")
                 with redis_server.stopped():
                     seen = len(answers)
-                    await eventually(lambda: len(answers) >= seen + 100, "hits without Redis")
+                    await until(lambda: len(answers) >= seen + 100, "hits without Redis")
                 seen = len(answers)
 
                 def reconnected() -> bool:
@@ -76,7 +76,7 @@ async def test_hits_are_answered_throughout_a_redis_restart(
                         redis_has(url, f"live:{{{digest}}}") for digest in digests
                     )
 
-                await eventually(reconnected, "the edge to use Redis again", interval_s=0.2)
+                await until(reconnected, "the edge to use Redis again", poll_s=0.2)
             finally:
                 stopping.set()
                 await asyncio.gather(*loaders)
@@ -191,7 +191,7 @@ async def test_with_the_origin_down_hits_are_served_and_misses_are_503(
                     return False
                 return True
 
-            await eventually(generates, "misses to work again", interval_s=0.25)
+            await until(generates, "misses to work again", poll_s=0.25)
     assert gemini.generations == 3
 
 
@@ -269,7 +269,7 @@ async def test_a_failed_generation_answers_an_error_and_leaves_nothing_behind(
             assert response.headers["x-cache-status"] == "MISS"
             return True
 
-        await eventually(generates, "the key to generate after FAILURE_TTL_S", interval_s=0.2)
+        await until(generates, "the key to generate after FAILURE_TTL_S", poll_s=0.2)
         assert_image(await http.get(path, headers=d.headers), "HIT")
         assert len(await listed("success")) == 1
         assert not redis_has(redis_url, f"lock:{{{digest}}}")
@@ -277,7 +277,7 @@ async def test_a_failed_generation_answers_an_error_and_leaves_nothing_behind(
     # A model that answered too late still answers in the end; wait, so the next test's
     # counts start from nothing.
     answered = 2 if fault == "no answer in time" else 1
-    await eventually(lambda: gemini.generations == answered, "the fake's last answer")
+    await until(lambda: gemini.generations == answered, "the fake's last answer")
 
 
 # -- hostile URLs over a real socket --------------------------------------------------------------

@@ -4,8 +4,7 @@ nothing. Gemini is the fake on loopback, held so that generations stay under way
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +16,7 @@ from origin.app import create_origin
 from origin.edge_api import InProcessOrigin
 from tests.fake_gemini import FakeGemini
 from tests.harness import Api, api_for
+from tests.waiting import until
 
 ASYNC = {"Prefer": "respond-async"}
 
@@ -56,19 +56,6 @@ async def one_slot_one_queued(
         yield api
 
 
-async def eventually(check: Callable[[], Any], what: str, timeout_s: float = 30) -> None:
-    """Until `check()` (sync or async) is true, polling."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        result = check()
-        if asyncio.iscoroutine(result):
-            result = await result
-        if result:
-            return
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.05)
-
-
 async def statuses(api: Api) -> list[str]:
     rows = (await api.get("/api/v1/generations?limit=100")).json()["data"]
     return sorted(g["status"] for g in rows)
@@ -86,14 +73,14 @@ async def test_async_generations_beyond_the_slots_wait_their_turn_and_all_run(
         await two_slots.post("/api/v1/generations", json=body(n), headers=ASYNC) for n in range(6)
     ]
     assert [a.status_code for a in answers] == [202] * 6
-    await eventually(lambda: len(gemini.image_requests) == 2, "two generations under way")
+    await until(lambda: len(gemini.image_requests) == 2, "two generations under way")
     assert await statuses(two_slots) == ["pending"] * 4 + ["processing"] * 2
     gemini.let_go()
 
     async def all_done() -> bool:
         return await statuses(two_slots) == ["success"] * 6
 
-    await eventually(all_done, "all six accepted generations to succeed")
+    await until(all_done, "all six accepted generations to succeed")
     assert gemini.generations == 6
 
 
@@ -108,8 +95,8 @@ async def test_sync_generations_beyond_the_slots_wait_their_turn(
     async def six_rows() -> bool:
         return len(await statuses(two_slots)) == 6 or any(c.done() for c in calls)
 
-    await eventually(six_rows, "six generations accepted")
-    await eventually(lambda: len(gemini.image_requests) == 2, "two generations under way")
+    await until(six_rows, "six generations accepted")
+    await until(lambda: len(gemini.image_requests) == 2, "two generations under way")
     gemini.let_go()
     answers = await asyncio.gather(*calls)
     assert [a.status_code for a in answers] == [201] * 6, [a.text for a in answers]
@@ -127,7 +114,7 @@ async def test_a_full_queue_is_503_and_stores_and_spends_nothing(
     for n in (1, 2):  # one running, one queued
         answer = await api.post("/api/v1/generations", json=body(n), headers=ASYNC)
         assert answer.status_code == 202
-    await eventually(lambda: len(gemini.image_requests) == 2, "the running generation")
+    await until(lambda: len(gemini.image_requests) == 2, "the running generation")
     refused = [
         await api.post("/api/v1/generations", json=body(3)),
         await api.post("/api/v1/generations", json=body(4), headers=ASYNC),
@@ -143,7 +130,7 @@ async def test_a_full_queue_is_503_and_stores_and_spends_nothing(
     async def both_done() -> bool:
         return await statuses(api) == ["success"] * 3
 
-    await eventually(both_done, "the accepted generations to succeed")
+    await until(both_done, "the accepted generations to succeed")
     after = await api.post("/api/v1/generations", json=body(5))
     assert after.status_code == 201
     # Four units: the first generation, the two accepted ones, this one. Refusals cost none.
@@ -178,7 +165,7 @@ async def test_a_live_miss_never_queues_and_a_refused_one_leaves_nothing(
     gemini.hold()
     answer = await api.post("/api/v1/generations", json=body(1), headers=ASYNC)
     assert answer.status_code == 202
-    await eventually(lambda: len(gemini.image_requests) == 1, "the running generation")
+    await until(lambda: len(gemini.image_requests) == 1, "the running generation")
     async with edge_client(api) as http:
         # The queue has room, but a live miss asks for a free slot now.
         for refused in (await http.get(live, headers=api.headers), await http.get(cdn)):
@@ -191,7 +178,7 @@ async def test_a_live_miss_never_queues_and_a_refused_one_leaves_nothing(
     async def idle() -> bool:
         return await statuses(api) == ["success"]
 
-    await eventually(idle, "the API generation to be stored")
+    await until(idle, "the API generation to be stored")
     async with edge_client(api) as http:  # an edge that has not seen the refusals
         # The keys are free (no claim left, no failure remembered) and nothing was spent.
         served = await http.get(live, headers=api.headers)

@@ -1,6 +1,7 @@
 """The import contract, read from the source with `ast`: no cycle among the project's modules,
-`cache/` imports neither `edge/` nor `origin/`, and only the composition root in `edge/`
-(`edge/cli.py`, `edge/server.py`) imports `origin/`.
+`cache/` imports neither `edge/` nor `origin/`, `edge/` does not import `origin/` (it reaches
+the origin through `cache/contract.py`), and nothing imports the composition root `banatie/`,
+which may import all three.
 
 Imports inside functions count too: a lazy import still ties the modules together."""
 
@@ -10,9 +11,7 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-PACKAGES = ("cache", "edge", "origin")
-# Where the processes are assembled; it leaves edge/ in a later change (issue 14, item 4).
-COMPOSITION_ROOT = {"edge.cli", "edge.server"}
+PACKAGES = ("banatie", "cache", "edge", "origin")
 
 
 def _modules() -> dict[str, Path]:
@@ -74,9 +73,20 @@ def _cycle() -> list[str] | None:
     return None
 
 
+def _imports_of(package: str, forbidden: tuple[str, ...]) -> dict[str, list[str]]:
+    """The modules of `package` that import one of `forbidden`'s packages, and what."""
+    wrong = {
+        module: sorted(t for t in targets if t.split(".")[0] in forbidden)
+        for module, targets in GRAPH.items()
+        if module.split(".")[0] == package
+    }
+    return {m: t for m, t in wrong.items() if t}
+
+
 def test_the_graph_is_read() -> None:
     # Guards the reader itself: known edges must show up.
     assert "origin.services" in GRAPH["origin.production"]
+    assert {"edge.app", "origin.app", "cache.settings"} <= GRAPH["banatie.layouts"]
     assert "cache.settings" in GRAPH["cache.index"]
     assert "cache.index.memory" in GRAPH["cache.index"]  # a lazy import inside a function
 
@@ -87,21 +97,15 @@ def test_no_import_cycle() -> None:
 
 
 def test_cache_imports_neither_edge_nor_origin() -> None:
-    wrong = {
-        module: sorted(t for t in targets if t.split(".")[0] in ("edge", "origin"))
-        for module, targets in GRAPH.items()
-        if module.split(".")[0] == "cache"
-    }
-    assert {m: t for m, t in wrong.items() if t} == {}
+    assert _imports_of("cache", ("banatie", "edge", "origin")) == {}
 
 
-def test_only_the_composition_root_in_edge_imports_origin() -> None:
-    wrong = {
-        module: sorted(t for t in targets if t.split(".")[0] == "origin")
-        for module, targets in GRAPH.items()
-        if module.split(".")[0] == "edge" and module not in COMPOSITION_ROOT
-    }
-    assert {m: t for m, t in wrong.items() if t} == {}
+def test_edge_does_not_import_origin() -> None:
+    assert _imports_of("edge", ("banatie", "origin")) == {}
+
+
+def test_origin_does_not_import_the_composition_root() -> None:
+    assert _imports_of("origin", ("banatie",)) == {}
 
 
 def test_routes_hold_no_sql() -> None:

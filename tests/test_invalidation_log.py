@@ -37,10 +37,10 @@ from tests.test_multiprocess import (
     client,
     deployed,
     deployment_env,
-    eventually,
     live_path,
     redis_get,
 )
+from tests.waiting import until
 
 KEY_CACHE_TTL_S = 300  # so long that the key cache's expiry cannot be what refuses a key
 REACH_DEADLINE_S = 20.0  # only a bound for a broken build; the time taken is reported
@@ -86,6 +86,13 @@ def new_key(app: Banatie, type: str) -> tuple[str, str]:
         return pool.submit(asyncio.run, create()).result()
 
 
+async def revoke(http: httpx.AsyncClient, d: Deployment, key_id: str, master: str) -> None:
+    revoked = await http.delete(
+        f"{d.origin.url}/api/admin/keys/{key_id}", headers={"X-API-Key": master}
+    )
+    assert revoked.status_code == 200, revoked.text
+
+
 def env_for(gemini: FakeGemini, redis_server: RedisServer) -> dict[str, str]:
     return deployment_env(gemini, REDIS_URL=redis_server.url, KEY_CACHE_TTL_S=str(KEY_CACHE_TTL_S))
 
@@ -104,7 +111,7 @@ async def until_every_edge(
         async def answers() -> bool:
             return (await http.get(edge.url + path, headers=headers)).status_code == status
 
-        await eventually(answers, f"{edge.url}{path} to answer {status}", REACH_DEADLINE_S, 0.02)
+        await until(answers, f"{edge.url}{path} to answer {status}", REACH_DEADLINE_S, 0.02)
         return time.monotonic() - started
 
     return list(await asyncio.gather(*(one(edge) for edge in d.edges)))
@@ -166,17 +173,10 @@ async def test_changes_made_while_redis_is_paused_reach_every_edge_once_it_resum
                 aliased_path = "/cdn/acme/web/img/@pause"
                 assert assert_image(await http.get(edge.url + aliased_path)) == aliased
 
-            redis_server.pause()
-            paused_at = time.monotonic()
-            try:
-                deleted = await http.delete(
-                    f"{d.origin.url}/api/v1/images/{image_id}", headers=d.headers
-                )
-                assert deleted.status_code == 200, deleted.text
-                revoked = await http.delete(
-                    f"{d.origin.url}/api/admin/keys/{other_id}", headers={"X-API-Key": master}
-                )
-                assert revoked.status_code == 200, revoked.text
+            with redis_server.paused():
+                paused_at = time.monotonic()
+                await d.delete_image(http, image_id)
+                await revoke(http, d, other_id, master)
                 signed = await http.put(
                     f"{d.origin.url}/api/v1/live/signing",
                     headers=d.headers,
@@ -189,9 +189,8 @@ async def test_changes_made_while_redis_is_paused_reach_every_edge_once_it_resum
                     json={"alias": None},
                 )
                 assert moved.status_code == 200, moved.text
+                # The outage lasts OUTAGE_S whatever the changes took: its length is the scenario.
                 await asyncio.sleep(max(0.0, OUTAGE_S - (time.monotonic() - paused_at)))
-            finally:
-                redis_server.resume()
 
             # Every edge, every change, timed from the resume (polled together).
             gone, refused, unsigned, unaliased = await asyncio.gather(
@@ -220,15 +219,8 @@ async def test_a_delete_redis_would_not_write_reaches_every_edge_once_it_does(
         prompt = f"deleted while redis takes no writes {time.time_ns()}"
         async with client() as http:
             image_id = await cached_everywhere(http, d, prompt)
-            with redis.Redis.from_url(redis_server.url) as r:
-                r.client_pause(int(OUTAGE_S * 5 * 1000), all=False)
-                try:
-                    deleted = await http.delete(
-                        f"{d.origin.url}/api/v1/images/{image_id}", headers=d.headers
-                    )
-                    assert deleted.status_code == 200, deleted.text
-                finally:
-                    r.client_unpause()
+            with redis_server.writes_paused(OUTAGE_S * 5):
+                await d.delete_image(http, image_id)
             gone = await until_every_edge(http, d, f"/cdn/acme/web/img/{image_id}", 404)
             await assert_regenerated(http, d, prompt, image_id)
     report("writes paused: deleted image 404 on each edge, from the unpause", gone)
@@ -242,20 +234,14 @@ async def test_a_delete_while_redis_is_down_reaches_every_edge_once_it_is_back_e
         async with client() as http:
             image_id = await cached_everywhere(http, d, prompt)
             image_path = f"/cdn/acme/web/img/{image_id}"
-            redis_server.kill()
-            try:
+            with redis_server.killed():
                 # An edge restarted meanwhile has never read the log, and caches the image.
                 restarted = d.edges[1]
                 restarted.stop()
                 restarted.start()
                 assert assert_image(await http.get(restarted.url + image_path)) == image_id
                 assert assert_image(await http.get(restarted.url + image_path)) == image_id
-                deleted = await http.delete(
-                    f"{d.origin.url}/api/v1/images/{image_id}", headers=d.headers
-                )
-                assert deleted.status_code == 200, deleted.text
-            finally:
-                redis_server.start()
+                await d.delete_image(http, image_id)
             gone = await until_every_edge(http, d, image_path, 404)
             await assert_regenerated(http, d, prompt, image_id)
     report("killed, restarted empty: delete reached edges after restart", gone)
@@ -271,10 +257,7 @@ async def test_a_revoked_key_is_refused_by_every_edge_at_once(
         async with client() as http:
             for edge in d.edges:  # the key is in both edges' key caches, the image in L1
                 assert_image(await http.get(edge.url + path, headers={"X-API-Key": key}))
-            revoked = await http.delete(
-                f"{d.origin.url}/api/admin/keys/{key_id}", headers={"X-API-Key": master}
-            )
-            assert revoked.status_code == 200, revoked.text
+            await revoke(http, d, key_id, master)
             refused = await until_every_edge(http, d, path, 401, {"X-API-Key": key})
             for edge in d.edges:
                 error = assert_envelope(
@@ -303,7 +286,9 @@ async def test_every_edge_follows_an_alias_move_at_once(
                 async def serves_second() -> bool:
                     return (await http.get(edge.url + path)).headers.get("x-image-id") == second
 
-                await eventually(serves_second, f"{edge.url} to follow the alias", 20.0, 0.02)
+                await until(
+                    serves_second, f"{edge.url} to follow the alias", REACH_DEADLINE_S, 0.02
+                )
                 return time.monotonic() - started
 
             moved = list(await asyncio.gather(*(on_second(edge) for edge in d.edges)))
@@ -331,10 +316,6 @@ async def buses(redis_server: RedisServer) -> AsyncIterator[tuple[RedisBus, Redi
         await sender.close()
 
 
-async def until(condition, what: str, within_s: float = 10.0) -> None:  # type: ignore[no-untyped-def]
-    await eventually(condition, what, within_s, 0.02)
-
-
 async def test_a_publish_redis_refused_is_recorded_once_redis_is_back(
     redis_server: RedisServer, buses: tuple[RedisBus, RedisBus]
 ) -> None:
@@ -343,12 +324,9 @@ async def test_a_publish_redis_refused_is_recorded_once_redis_is_back(
     receiver.subscribe(got.append)
     await receiver.start()
     await asyncio.wait_for(receiver.subscribed.wait(), 5.0)
-    redis_server.pause()
-    try:
+    with redis_server.paused():
         await sender.publish(Invalidation("img-paused", ("d1",)))
         assert sender.pending == 1
-    finally:
-        redis_server.resume()
     await until(lambda: sender.pending == 0, "the outbox to empty")
     await until(lambda: [e.image_id for e in got] == ["img-paused"], "the event to arrive")
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from cache.lru import Entry, ExpiringMap, ResponseCache
+from edge.lru import Entry, ExpiringMap, ResponseCache
 
 
 def entry(image_id: str, size: int) -> Entry:

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import inspect
 import json
+import re
 import signal
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +26,7 @@ from origin.keys import create_key
 from tests.fake_gemini import FakeGemini
 from tests.running import Banatie
 from tests.servers import RedisServer, new_bucket_name, s3_env, s3_store_for
+from tests.waiting import until
 
 SERVICE_TOKEN = "multiprocess-service-token"
 CLIENT_TIMEOUT_S = 60.0
@@ -46,6 +47,13 @@ class Deployment:
     @property
     def headers(self) -> dict[str, str]:
         return {"X-API-Key": self.key}
+
+    async def delete_image(self, http: httpx.AsyncClient, image_id: str) -> None:
+        """DELETE the image through the origin's API (200, or the test fails)."""
+        deleted = await http.delete(
+            f"{self.origin.url}/api/v1/images/{image_id}", headers=self.headers
+        )
+        assert deleted.status_code == 200, deleted.text
 
 
 def deployment_env(gemini: FakeGemini, **env: str) -> dict[str, str]:
@@ -153,23 +161,16 @@ async def client(timeout_s: float = CLIENT_TIMEOUT_S) -> AsyncIterator[httpx.Asy
         yield http
 
 
-async def eventually(
-    condition: Callable[[], Awaitable[bool] | bool],
-    what: str,
-    timeout_s: float = 30.0,
-    interval_s: float = 0.05,
-) -> None:
-    """Poll `condition` until it holds; fail naming `what` after `timeout_s`."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        held = condition()
-        if inspect.isawaitable(held):
-            held = await held
-        if held:
-            return
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout_s:g} s waiting for {what}")
-        await asyncio.sleep(interval_s)
+def metric(app: Banatie, name: str) -> float:
+    """One sample of `app`'s /metrics, 0 when absent (`name` may carry labels)."""
+    text = httpx.get(app.url + "/metrics", timeout=10).text
+    found = re.search(rf"^{re.escape(name)} (\S+)$", text, re.M)
+    return float(found[1]) if found else 0.0
+
+
+def has_metric(app: Banatie, name: str) -> bool:
+    text = httpx.get(app.url + "/metrics", timeout=10).text
+    return re.search(rf"^{re.escape(name)} ", text, re.M) is not None
 
 
 def redis_get(url: str, key: str) -> bytes | None:
@@ -249,7 +250,7 @@ async def test_waiters_on_another_edge_take_over_when_the_leader_edge_is_killed(
         async with client() as http:
             first = asyncio.create_task(http.get(leader.url + path, headers=d.headers))
             # The origin is calling Gemini for the leader edge, which holds the key's lock.
-            await eventually(lambda: len(gemini.image_requests) == 1, "the leader's generation")
+            await until(lambda: len(gemini.image_requests) == 1, "the leader's generation")
             lock = f"lock:{{{await cache_key_of(http, d, prompt)}}}"
             leader_token = redis_get(redis_url, lock)
             assert leader_token is not None
@@ -257,11 +258,14 @@ async def test_waiters_on_another_edge_take_over_when_the_leader_edge_is_killed(
                 asyncio.create_task(http.get(other.url + path, headers=d.headers))
                 for _ in range(20)
             ]
-            await asyncio.sleep(0.3)  # let them reach the other edge and wait on the lock
+            await until(
+                lambda: asyncio.to_thread(metric, other, "banatie_generations_in_flight"),
+                "the other edge to wait on the leader's lock",
+            )
             leader.signal(signal.SIGKILL)
             assert leader.process is not None
             await asyncio.to_thread(leader.process.wait, 10)
-            await eventually(
+            await until(
                 lambda: redis_get(redis_url, lock) not in (None, leader_token),
                 "a waiter on the other edge to take the lapsed lock over",
             )
@@ -279,7 +283,7 @@ async def test_waiters_on_another_edge_take_over_when_the_leader_edge_is_killed(
             assert served, [r.text for r in responses]
             assert len({assert_image(r) for r in served}) == 1
             assert_image(await http.get(other.url + path, headers=d.headers), "HIT")
-            await eventually(lambda: redis_get(redis_url, lock) is None, "the lock to be released")
+            await until(lambda: redis_get(redis_url, lock) is None, "the lock to be released")
     # The origin outlives the killed edge and finishes its generation; the take-over's call
     # finds the key claimed at the origin (its claim kept fresh) and waits for that image.
     assert gemini.generations <= 2
@@ -335,7 +339,7 @@ async def test_losing_redis_costs_a_storage_read_never_a_generation(
                 assert_image(await http.get(b.url + live_path(during), headers=d.headers), "HIT")
                 return redis_has(url, f"live:{{{digest}}}")
 
-            await eventually(written_back, "the edge to write its index entry", interval_s=0.2)
+            await until(written_back, "the edge to write its index entry", poll_s=0.2)
             assert_image(await http.get(a.url + live_path(after), headers=d.headers), "MISS")
             assert_image(await http.get(b.url + live_path(after), headers=d.headers), "HIT")
             assert redis_has(url, f"live:{{{await cache_key_of(http, d, after)}}}")
@@ -357,17 +361,14 @@ async def test_a_deleted_image_stops_being_served_by_every_edge_process(
                     == image_id
                 )
                 assert assert_image(await http.get(edge.url + image_path)) == image_id
-            deleted = await http.delete(
-                f"{d.origin.url}/api/v1/images/{image_id}", headers=d.headers
-            )
-            assert deleted.status_code == 200, deleted.text
+            await d.delete_image(http, image_id)
             for edge in d.edges:
 
                 async def gone(edge: Banatie = edge) -> bool:
                     response = await http.get(edge.url + image_path)
                     return response.status_code == 404
 
-                await eventually(gone, f"{edge.url} to drop the image", timeout_s=INVALIDATION_S)
+                await until(gone, f"{edge.url} to drop the image", timeout_s=INVALIDATION_S)
                 assert_envelope(await http.get(edge.url + image_path), 404)
             # The live URL is a new image now, generated once for both edges.
             replaced = await asyncio.gather(
@@ -390,7 +391,7 @@ async def test_a_client_giving_up_does_not_cancel_the_generation(
         async with client(timeout_s=0.5) as impatient:
             with pytest.raises(httpx.ReadTimeout):
                 await impatient.get(edge.url + path, headers=d.headers)
-        await eventually(lambda: gemini.generations == 1, "the abandoned generation to finish")
+        await until(lambda: gemini.generations == 1, "the abandoned generation to finish")
         async with client() as http:
             first = assert_image(await http.get(edge.url + path, headers=d.headers))
             assert assert_image(await http.get(edge.url + path, headers=d.headers), "HIT") == first

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -13,14 +12,13 @@ import pytest
 from redis.asyncio.cluster import RedisCluster
 
 from cache.budget import Rate, RedisBudget
-from cache.coalesce import Coalescer
-from cache.index import LiveRecord
 from cache.index.redis import IndexUnavailable, RedisIndex, connect
 from cache.invalidation import Invalidation, RedisBus
 from edge.app import create_edge
 from tests.servers import free_port
 from tests.test_edge import open_site
-from tests.test_redis_index import new_digest, record
+from tests.test_redis_index import generate_once_across_two_processes, new_digest, record
+from tests.waiting import until
 
 
 @pytest.fixture
@@ -97,31 +95,7 @@ async def test_ready_notifications_reach_another_process(
 
 
 async def test_two_processes_generate_once(redis_cluster_url: str) -> None:
-    indexes = [RedisIndex.from_url(redis_cluster_url), RedisIndex.from_url(redis_cluster_url)]
-    coalescers = [
-        Coalescer[LiveRecord](max_concurrent=8, timeout_s=10.0, locks=i, lease_ms=1_000)
-        for i in indexes
-    ]
-    digest, runs = new_digest(), 0
-    rec = record(digest)
-
-    async def generate() -> LiveRecord:
-        nonlocal runs
-        runs += 1
-        await asyncio.sleep(0.3)
-        await indexes[0].set(digest, rec)
-        return rec
-
-    def check(i: int):  # type: ignore[no-untyped-def]
-        return lambda: indexes[i].get(digest)
-
-    try:
-        calls = [coalescers[n % 2].run(digest, generate, check(n % 2)) for n in range(20)]
-        results = await asyncio.gather(*calls)
-    finally:
-        for i in indexes:
-            await i.close()
-    assert runs == 1 and all(r == rec for r in results)
+    await generate_once_across_two_processes(redis_cluster_url, callers=20)
 
 
 async def test_invalidations_reach_another_process(redis_cluster_url: str) -> None:
@@ -137,10 +111,7 @@ async def test_invalidations_reach_another_process(redis_cluster_url: str) -> No
         ]
         for event in events:
             await sender.publish(event)
-        deadline = time.monotonic() + 3.0
-        while got != events:
-            assert time.monotonic() < deadline, got
-            await asyncio.sleep(0.02)
+        await until(lambda: got == events, "both events to arrive, in order")
     finally:
         await receiver.close()
         await sender.close()
@@ -208,10 +179,7 @@ async def test_two_edges_on_the_cluster_generate_once_and_hear_deletes(
             image_id = responses[0].headers["x-image-id"]
             assert len(edge.l1) == 1
             await site.api("DELETE", f"/api/v1/images/{image_id}")
-            deadline = time.monotonic() + 3.0
-            while len(edge.l1):
-                assert time.monotonic() < deadline, "the other edge kept the deleted image"
-                await asyncio.sleep(0.02)
+            await until(lambda: not len(edge.l1), "the other edge to drop the deleted image")
         finally:
             await http.aclose()
             await edge.shutdown()

@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 import asyncio
-import time
+import contextlib
 import uuid
 from collections.abc import AsyncIterator
 
 import pytest
 
-from cache.coalesce import Coalescer
 from cache.index import LiveRecord
 from cache.index.redis import IndexUnavailable, RedisIndex
 from cache.invalidation import EVERYTHING, Invalidation, RedisBus
+from edge.coalesce import Coalescer
 from tests.servers import RedisServer
+from tests.waiting import until
 
 
 def record(digest: str = "d") -> LiveRecord:
@@ -85,7 +86,7 @@ async def test_renew_extends_only_the_holders_lease(index: RedisIndex, other: Re
 async def test_lease_lapses_without_renewal(index: RedisIndex, other: RedisIndex) -> None:
     digest = new_digest()
     assert await index.acquire(digest, "dead-leader", 100)
-    await _until_async(lambda: _lapsed(index, digest))
+    await until(lambda: _lapsed(index, digest), "the lease to lapse")
     assert not await index.renew(digest, "dead-leader", 10_000)
     assert await other.acquire(digest, "next", 10_000)
 
@@ -113,19 +114,25 @@ async def test_one_listener_serves_every_waiter(index: RedisIndex, other: RedisI
 
 
 async def test_two_processes_generate_once(redis_url: str) -> None:
-    """Two coalescers (two edges) on one Redis: 40 callers, one generation."""
-    indexes = [RedisIndex.from_url(redis_url), RedisIndex.from_url(redis_url)]
+    await generate_once_across_two_processes(redis_url, callers=40)
+
+
+async def generate_once_across_two_processes(url: str, callers: int) -> None:
+    """Two coalescers (two edges) on one Redis at `url`: every caller, one generation."""
+    indexes = [RedisIndex.from_url(url), RedisIndex.from_url(url)]
     coalescers = [
         Coalescer[LiveRecord](max_concurrent=8, timeout_s=10.0, locks=i, lease_ms=1_000)
         for i in indexes
     ]
-    digest, rec, runs = new_digest(), record(), 0
+    digest, runs = new_digest(), 0
+    rec = record(digest)
 
     async def generate() -> LiveRecord:
         nonlocal runs
         runs += 1
-        # Hold the lock until the other process waits on it too.
-        await _until(lambda: all(c.in_flight for c in coalescers))
+        # Hold the lock until the other process waits on it: it listens for the ready notice
+        # only once it found the lock taken (this process, the leader, never listens).
+        await until(lambda: any(i.listening.is_set() for i in indexes), "the other to wait")
         await indexes[0].set(digest, rec)
         return rec
 
@@ -133,7 +140,7 @@ async def test_two_processes_generate_once(redis_url: str) -> None:
         return lambda: indexes[i].get(digest)
 
     try:
-        calls = [coalescers[n % 2].run(digest, generate, check(n % 2)) for n in range(40)]
+        calls = [coalescers[n % 2].run(digest, generate, check(n % 2)) for n in range(callers)]
         results = await asyncio.gather(*calls)
     finally:
         for i in indexes:
@@ -174,14 +181,17 @@ async def test_leader_renews_its_lease_while_it_works(index: RedisIndex, other: 
     # A renewal (every lease/3) shows as the lock's time to live going up; after four of
     # them more than the whole 300 ms lease has passed, so only renewing kept it.
     renewals, last = 0, 0
-    deadline = time.monotonic() + 5.0
-    while renewals < 4:
-        assert time.monotonic() < deadline, "the lease was not renewed"
+
+    async def renewed_four_times() -> bool:
+        nonlocal renewals, last
         ttl = await index.client.pttl(f"lock:{{{digest}}}")
         assert ttl > 0, "the lease lapsed while the leader worked"
         renewals += ttl > last and last > 0
         last = ttl
-        await asyncio.sleep(0.01)
+        return renewals >= 4
+
+    # Sampled well within a renewal interval (100 ms), or a renewal could go unseen.
+    await until(renewed_four_times, "four renewals of the lease", poll_s=0.01)
     assert not await other.acquire(digest, "intruder", 10_000)  # still held
     finish.set()
     assert await leader == rec
@@ -229,14 +239,14 @@ async def test_redis_down_fails_fast_and_recovers(redis_server: RedisServer) -> 
             assert results == ["image"] * 10 and runs == 1
 
         # Back (and empty): the same object works again within about a second.
-        deadline = time.monotonic() + 3.0
-        while True:
+        async def reconnected() -> bool:
             try:
                 assert await index.get(digest) is None
-                break
             except IndexUnavailable:
-                assert time.monotonic() < deadline, "index did not reconnect"
-                await asyncio.sleep(0.1)
+                return False
+            return True
+
+        await until(reconnected, "the index to reconnect", poll_s=0.1)
         assert index.healthy
         await index.set(digest, record(digest))
         assert await index.get(digest) is not None
@@ -254,16 +264,15 @@ async def test_notifications_resume_after_a_restart(redis_server: RedisServer) -
         await publisher.notify(digest)
         assert await first
         with redis_server.stopped():
-            await _until(lambda: not index.listening.is_set(), 5.0)  # it saw the outage
+            await until(lambda: not index.listening.is_set(), "the listener to see the outage")
         second = asyncio.create_task(index.wait_ready(digest, 10.0))
-        deadline = time.monotonic() + 5.0
-        while not second.done():  # the listener resubscribes on its own
-            assert time.monotonic() < deadline, "listener did not come back"
-            try:
+
+        async def heard() -> bool:  # the listener resubscribes on its own
+            with contextlib.suppress(IndexUnavailable):
                 await publisher.notify(digest)
-            except IndexUnavailable:
-                pass
-            await asyncio.sleep(0.2)
+            return second.done()
+
+        await until(heard, "the listener to come back", poll_s=0.2)
         assert await second
     finally:
         await index.close()
@@ -283,30 +292,26 @@ async def test_redis_bus_reaches_other_processes_and_survives_a_restart(
         await asyncio.wait_for(receiver.subscribed.wait(), 2.0)
         event = Invalidation("img-1", ("d1", "d2"))
         await sender.publish(event)
-        await _until(lambda: got == [event])
+        await until(lambda: got == [event], "the event to arrive")
         assert local == [event]  # the sender's own listeners, called once
 
         with redis_server.stopped():
             await sender.publish(Invalidation("img-2", ()))  # logged, not raised
             assert local[-1].image_id == "img-2"
         # Back: the receiver says it may have missed something, then hears new events.
-        await _until(lambda: any(e.image_id == EVERYTHING for e in got), 5.0)
+        await until(lambda: any(e.image_id == EVERYTHING for e in got), "the drop-everything event")
         # Pub/sub drops what is sent while the listener resubscribes: send until it arrives.
-        deadline = time.monotonic() + 5.0
-        while got[-1].image_id != "img-3":
-            assert time.monotonic() < deadline, "listener did not come back"
+
+        async def heard() -> bool:
+            if got[-1].image_id == "img-3":
+                return True
             await sender.publish(Invalidation("img-3", ("d3",)))
-            await asyncio.sleep(0.2)
+            return False
+
+        await until(heard, "the listener to come back", poll_s=0.2)
     finally:
         await receiver.close()
         await sender.close()
-
-
-async def _until(condition, within_s: float = 3.0) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + within_s
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.02)
 
 
 async def test_the_url_chooses_single_redis_or_cluster() -> None:
@@ -328,10 +333,3 @@ async def test_the_url_chooses_single_redis_or_cluster() -> None:
 
 async def _lapsed(index: RedisIndex, digest: str) -> bool:
     return await index.client.pttl(f"lock:{{{digest}}}") == -2  # -2: no such key
-
-
-async def _until_async(condition, within_s: float = 3.0) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + within_s
-    while not await condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.02)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import signal
 import threading
-import time
 from pathlib import Path
 
 import httpx
@@ -14,6 +13,7 @@ from origin.gc import sweep
 from tests.fake_gemini import FakeGemini
 from tests.harness import Api
 from tests.running import Banatie
+from tests.waiting import wait_until
 
 LIVE = "/cdn/acme/web/live/home?prompt=a%20slow%20sunrise"
 
@@ -49,10 +49,7 @@ def _get_in_background(url: str) -> tuple[threading.Thread, dict[str, httpx.Resp
 
 def _wait_for_generation(gemini: FakeGemini) -> None:
     """Until the image model has been asked: the generation is under way."""
-    deadline = time.monotonic() + 30
-    while not gemini.image_requests:
-        assert time.monotonic() < deadline, "no generation started"
-        time.sleep(0.05)
+    wait_until(lambda: gemini.image_requests, "a generation to start")
 
 
 def test_sigterm_lets_in_flight_generations_finish_then_exits_0(
@@ -98,17 +95,15 @@ def test_sigkill_mid_generation_leaves_no_row_without_bytes(
             assert (tmp_path / "objects" / image["storageKey"]).is_file()
         assert httpx.get(again.url + LIVE, timeout=10).headers["X-Cache-Status"] == "HIT"
         # The killed run does not stay `processing`: the restarted origin marks it failed.
-        deadline = time.monotonic() + 40
-        while True:
-            rows = httpx.get(again.url + "/api/v1/generations", headers={"X-API-Key": key}).json()[
-                "data"
-            ]
-            states = sorted((g["status"], g["errorMessage"] or "") for g in rows)
-            if states[0][0] == "failed" or time.monotonic() > deadline:
-                break
-            time.sleep(0.5)
-        assert [s for s, _ in states] == ["failed", "success"], states
-        assert states[0][1].startswith("interrupted")
+
+        def states() -> list[tuple[str, str]]:
+            rows = httpx.get(again.url + "/api/v1/generations", headers={"X-API-Key": key})
+            return sorted((g["status"], g["errorMessage"] or "") for g in rows.json()["data"])
+
+        wait_until(lambda: states()[0][0] == "failed", "the killed run to be marked failed", 40)
+        found = states()
+        assert [s for s, _ in found] == ["failed", "success"], found
+        assert found[0][1].startswith("interrupted")
     finally:
         again.stop()
 

@@ -6,33 +6,20 @@ from __future__ import annotations
 
 import signal
 import threading
-import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
 
 from tests.fake_gemini import FakeGemini
 from tests.running import Banatie
+from tests.waiting import wait_until
 
 SCOPE = "hero"
 
 
 def cdn(prompt: str) -> str:
     return f"/cdn/acme/web/live/{SCOPE}?prompt={prompt.replace(' ', '%20')}&autoEnhance=false"
-
-
-def eventually(check: Callable[[], Any], what: str, timeout_s: float = 60) -> Any:
-    """Until `check()` returns something true (returned), polling."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        result = check()
-        if result:
-            return result
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.1)
 
 
 def get_in_background(url: str) -> threading.Thread:
@@ -73,7 +60,7 @@ def test_killed_generations_give_their_scope_counts_back(
     try:
         for prompt in prompts:
             get_in_background(app.url + cdn(prompt))
-        eventually(lambda: len(gemini.image_requests) == 3, "three generations under way")
+        wait_until(lambda: len(gemini.image_requests) == 3, "three generations under way", 60)
         assert scope_count(app) == 3
         app.signal(signal.SIGKILL)
         assert app.process is not None
@@ -97,8 +84,8 @@ def test_killed_generations_give_their_scope_counts_back(
             return states if [s for s, _ in states].count("failed") == 3 else None
 
         # The abandoned claim nobody asked for again is swept too: two images, two counted.
-        eventually(lambda: scope_count(again) == 2, "the scope to count its two images")
-        states = eventually(settled, "the three killed generations to be marked failed")
+        wait_until(lambda: scope_count(again) == 2, "the scope to count its two images", 60)
+        states = wait_until(settled, "the three killed generations to be marked failed", 60)
         assert [s for s, _ in states] == ["failed"] * 3 + ["success"] * 2
         assert all(message.startswith("interrupted") for _, message in states[:3])
         images = httpx.get(f"{again.url}/api/v1/images", headers=headers).json()["data"]

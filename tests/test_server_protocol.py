@@ -1,4 +1,4 @@
-"""The server as uvicorn runs it (edge.protocol, edge.cli), on real `banatie serve` processes.
+"""The server as uvicorn runs it (edge.protocol, banatie.cli), on real `banatie serve` processes.
 
 The L1 fast path: a hit answered there must be the same response the ASGI path gives, and
 every request it is not sure about must still reach the ASGI path.
@@ -8,6 +8,7 @@ the edge's business alone (TRUSTED_PROXIES), not uvicorn's.
 
 from __future__ import annotations
 
+import json
 import re
 import socket
 from collections.abc import Iterator
@@ -200,3 +201,31 @@ def test_forwarded_for_from_an_untrusted_peer_does_not_dodge_the_ip_budget(
         assert second.status_code == 429, second.text
     finally:
         app.stop()
+
+
+def unreadable(app: Banatie, target: str) -> tuple[bytes, dict[bytes, bytes], bytes]:
+    """A request whose head the parser refuses (a header line without a colon)."""
+    payload = f"GET {target} HTTP/1.1\r\nHost: x\r\nnot a header\r\n\r\n".encode()
+    [(status, headers, body)] = split_responses(raw(app, payload))
+    return status, headers, body
+
+
+def test_an_unreadable_request_gets_the_error_envelope(served: tuple[Banatie, str]) -> None:
+    app, _ = served
+    status, headers, body = unreadable(app, "/api/v1/live?prompt=x")
+    assert status == b"HTTP/1.1 400 Bad Request"
+    assert headers[b"content-type"] == b"application/json"
+    assert headers[b"cache-control"] == b"no-store"
+    assert headers[b"x-content-type-options"] == b"nosniff"
+    assert json.loads(body)["error"]["code"] == "VALIDATION_ERROR"
+    assert b"access-control-allow-origin" not in headers  # /api/v1/live stays same-origin
+
+
+def test_an_unreadable_request_on_a_public_route_allows_any_origin(
+    served: tuple[Banatie, str],
+) -> None:
+    app, _ = served
+    status, headers, body = unreadable(app, LIVE)
+    assert status == b"HTTP/1.1 400 Bad Request"
+    assert headers[b"access-control-allow-origin"] == b"*"
+    assert json.loads(body)["error"]["code"] == "VALIDATION_ERROR"

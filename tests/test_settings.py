@@ -124,7 +124,7 @@ def test_special_defaults() -> None:
     assert settings.objects_dir == Path("/srv/banatie/objects")
     assert settings.disk_cache_dir == Path("/srv/banatie/disk-cache")
     assert settings.s3_access_key_id == "AKIA1"  # S3_ACCESS_KEY_ID empty: the AWS variable
-    assert settings.disk_cache_bytes is None  # unset: the edge decides (auto)
+    assert settings.disk_cache_bytes == 10 * 1024**3  # on in every layout
     assert Settings.from_env({"DISK_CACHE_BYTES": "0"}).disk_cache_bytes == 0
     assert Settings.from_env({"HOST": "10.1.2.3"}).public_url == "http://10.1.2.3:3000"
     with pytest.raises(FrozenInstanceError):
@@ -134,7 +134,7 @@ def test_special_defaults() -> None:
 def test_a_server_with_a_malformed_value_does_not_start(tmp_path: Path) -> None:
     app = Banatie("serve", tmp_path, env={"ERROR_IMAGES": "ture"})
     done = subprocess.run(
-        [sys.executable, "-m", "edge.cli", "serve", "--port", str(app.port)],
+        [sys.executable, "-m", "banatie", "serve", "--port", str(app.port)],
         env=app.env,
         cwd=ROOT,
         capture_output=True,

@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import resource
 import socket
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import quote
 
@@ -20,6 +19,7 @@ import pytest
 from tests.running import Banatie
 from tests.servers import free_port
 from tests.test_multiprocess import project_key
+from tests.waiting import wait_until
 
 LIVE = "/cdn/acme/web/live/site?prompt=" + quote("a heron in the reeds")
 DEADLINE_S = 20.0  # the wait for closes; with HEADER_TIMEOUT_S=1 they come within seconds
@@ -38,14 +38,6 @@ def is_closed(sock: socket.socket) -> bool:
         return False
     except OSError:
         return True
-
-
-def wait_until(condition: Callable[[], bool], step: Callable[[], None] = lambda: None) -> None:
-    deadline = time.monotonic() + DEADLINE_S
-    while not condition():
-        assert time.monotonic() < deadline, "the condition did not come true in time"
-        step()
-        time.sleep(0.1)
 
 
 @pytest.fixture
@@ -70,7 +62,9 @@ def test_past_max_connections_the_longest_waiting_are_closed_and_hits_still_flow
         assert hit.status_code == 200 and hit.headers["x-cache-status"] == "HIT"
         assert httpx.get(app.url + "/health", timeout=10).status_code == 200
         # The oldest idle sockets made room; the newest are still open.
-        wait_until(lambda: all(is_closed(s) for s in sockets[:60]))
+        wait_until(
+            lambda: all(is_closed(s) for s in sockets[:60]), "the oldest 60 closed", DEADLINE_S
+        )
         assert not any(is_closed(s) for s in sockets[-20:])
     finally:
         app.stop()
@@ -108,7 +102,13 @@ def test_connections_that_never_finish_a_request_head_are_closed(
 
         trickle()
         assert httpx.get(app.url + "/health", timeout=10).status_code == 200
-        wait_until(lambda: all(is_closed(s) for s in sockets), trickle)
+
+        def closed_while_trickling() -> bool:
+            trickle()
+            return all(is_closed(s) for s in sockets)
+
+        # The poll is the slow clients' pace, a byte every 0.1 s: that pace is the behaviour.
+        wait_until(closed_while_trickling, "every stalled socket closed", DEADLINE_S, poll_s=0.1)
         assert httpx.get(app.url + "/health", timeout=10).status_code == 200
     finally:
         app.stop()

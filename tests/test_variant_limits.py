@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import io
-import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -16,10 +15,11 @@ import pytest
 from PIL import Image
 
 from cache.index.redis import RedisIndex
-from cache.variants import Want, parse_variant_query, variant_digest
 from edge.transform import avif_supported
+from edge.variants import Want, parse_variant_query, variant_digest
 from tests.test_edge import Site, assert_error, open_site, second_edge
 from tests.test_variants import decoded, img, two_tone, upload
+from tests.waiting import until
 
 AVIF = avif_supported()
 
@@ -218,10 +218,10 @@ async def test_a_full_variant_queue_says_variants_are_being_encoded(
             assert await elsewhere.acquire(digests[-1], "another edge", 30_000)
         try:
             waiting = [asyncio.create_task(img(site, image["id"], {"w": w})) for w in ("10", "11")]
-            deadline = time.monotonic() + 10
-            while site.edge.variants.coalescer.in_flight < 2:
-                assert time.monotonic() < deadline, "the variants never waited on the locks"
-                await asyncio.sleep(0.01)
+            await until(
+                lambda: site.edge.variants.coalescer.in_flight == 2,
+                "the two variants to wait on the other edge's locks",
+            )
             refused = await img(site, image["id"], {"w": "12"})
             assert_error(refused, 503, "UPSTREAM_UNAVAILABLE")
             assert "variants are being encoded" in refused.json()["error"]["message"]

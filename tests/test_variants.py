@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import io
 import threading
-import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -17,10 +16,11 @@ from PIL import Image
 from cache.index import LiveRecord
 from cache.index.memory import MemoryIndex
 from cache.index.redis import RedisIndex
-from cache.variants import Want, parse_variant_query, want
 from edge import variant_cache
 from edge.transform import avif_supported
+from edge.variants import Want, parse_variant_query, want
 from tests.test_edge import Site, assert_error, http_origin_site, open_site, second_edge
+from tests.waiting import until
 
 PROMPT = "a lighthouse at dawn"
 RED, BLUE = (220, 20, 20), (20, 20, 220)
@@ -297,10 +297,7 @@ async def test_too_many_transforms_at_once_is_503(
     async with open_site(tmp_path, variant_workers=1, variant_queue=0) as site:
         image = await upload(site)
         first = asyncio.create_task(img(site, image["id"], {"w": "100"}))
-        deadline = time.monotonic() + 10
-        while site.edge.variants.pool.pending == 0:
-            assert time.monotonic() < deadline, "the first transform never started"
-            await asyncio.sleep(0.01)
+        await until(lambda: site.edge.variants.pool.pending, "the first transform to start")
         refused = await img(site, image["id"], {"w": "101"})
         release.set()
         assert_error(refused, 503, "UPSTREAM_UNAVAILABLE")

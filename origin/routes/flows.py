@@ -6,42 +6,50 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from cache.errors import AliasNotFound, ValidationError
-from origin.aliases import check_alias, live_image_by_id
+from origin.aliases import live_image_by_id
 from origin.auth import project_of, services_of
-from origin.envelope import is_uuid, meta_field, ok, page, pagination, read_json, resource
+from origin.envelope import Resource, ok, operation, page
 from origin.flows import delete_flow, find_flow, flow_json, list_flows, newest_generation
 from origin.generation_view import generation_json
 from origin.generations import list_generations
 from origin.images import image_json, list_images
 from origin.models import Flow, utcnow
 from origin.routes.generations import regenerate_generation
+from origin.schemas.requests import FlowAliases, FlowBody, PageQuery
+from origin.schemas.responses import Deleted, FlowOut, GenerationOut, ImageOut
+from origin.schemas.validation import read_body, read_query
 
 
+@operation(
+    summary="Create a flow",
+    body=FlowBody,
+    body_required=False,
+    response=FlowOut,
+    status=201,
+)
 async def create(request: Request) -> Response:
     services = services_of(request)
     project = await project_of(request)
-    body = await read_json(request, services.settings.max_body_bytes, required=False)
-    flow = Flow(
-        project_id=project.project_id,
-        aliases={},
-        meta=meta_field(body, services.settings.max_meta_bytes) or {},
-    )
+    body = await read_body(request, FlowBody, required=False)
+    flow = Flow(project_id=project.project_id, aliases={}, meta=body.meta or {})
     async with services.sessions() as session:
         session.add(flow)
         await session.commit()
         return ok(await flow_json(session, flow), 201)
 
 
+@operation(summary="List flows", query=PageQuery, response=FlowOut, paged=True)
 async def list_(request: Request) -> Response:
     services = services_of(request)
     project = await project_of(request)
-    limit, offset = pagination(request)
+    limit, offset = read_query(request, PageQuery).window()
     async with services.sessions() as session:
         rows, total = await list_flows(session, project.project_id, limit, offset)
         items = [await flow_json(session, flow) for flow in rows]
     return page(items, total, limit, offset)
 
 
+@operation(summary="Get a flow", response=FlowOut)
 async def get(request: Request) -> Response:
     services = services_of(request)
     project = await project_of(request)
@@ -50,10 +58,11 @@ async def get(request: Request) -> Response:
         return ok(await flow_json(session, flow))
 
 
+@operation(summary="A flow's generations", query=PageQuery, response=GenerationOut, paged=True)
 async def generations(request: Request) -> Response:
     services = services_of(request)
     project = await project_of(request)
-    limit, offset = pagination(request)
+    limit, offset = read_query(request, PageQuery).window()
     async with services.sessions() as session:
         flow = await find_flow(session, project.project_id, request.path_params["id"])
         rows, total = await list_generations(
@@ -65,10 +74,11 @@ async def generations(request: Request) -> Response:
     return page(items, total, limit, offset)
 
 
+@operation(summary="A flow's images", query=PageQuery, response=ImageOut, paged=True)
 async def images(request: Request) -> Response:
     services = services_of(request)
     project = await project_of(request)
-    limit, offset = pagination(request)
+    limit, offset = read_query(request, PageQuery).window()
     async with services.sessions() as session:
         flow = await find_flow(session, project.project_id, request.path_params["id"])
         rows, total = await list_images(session, project.project_id, limit, offset, flow_id=flow.id)
@@ -76,22 +86,15 @@ async def images(request: Request) -> Response:
     return page(items, total, limit, offset)
 
 
+@operation(summary="Merge flow aliases", body=FlowAliases, response=FlowOut)
 async def put_aliases(request: Request) -> Response:
     services = services_of(request)
     project = await project_of(request)
-    body = await read_json(request, services.settings.max_body_bytes)
-    aliases = body.get("aliases")
-    if not isinstance(aliases, dict):
-        raise ValidationError('aliases must be an object of {"@name": imageId}.', field="aliases")
+    aliases = (await read_body(request, FlowAliases)).aliases
     async with services.sessions() as session:
         flow = await find_flow(session, project.project_id, request.path_params["id"])
         merged = dict(flow.aliases or {})
         for alias, image_id in aliases.items():
-            check_alias(alias, f"aliases.{alias}")
-            if not is_uuid(image_id):
-                raise ValidationError(
-                    f"aliases.{alias} must be an image id.", field=f"aliases.{alias}"
-                )
             image = await live_image_by_id(session, project.project_id, image_id)
             if image is None:
                 raise ValidationError(
@@ -104,6 +107,7 @@ async def put_aliases(request: Request) -> Response:
         return ok(await flow_json(session, flow))
 
 
+@operation(summary="Remove a flow alias", response=FlowOut)
 async def delete_alias(request: Request) -> Response:
     services = services_of(request)
     project = await project_of(request)
@@ -118,6 +122,7 @@ async def delete_alias(request: Request) -> Response:
         return ok(await flow_json(session, flow))
 
 
+@operation(summary="Delete a flow", response=Deleted)
 async def delete(request: Request) -> Response:
     services = services_of(request)
     project = await project_of(request)
@@ -125,9 +130,10 @@ async def delete(request: Request) -> Response:
         flow = await find_flow(session, project.project_id, request.path_params["id"])
         await delete_flow(session, flow)
         await session.commit()
-    return ok({"id": flow.id})
+    return ok(Deleted(id=flow.id))
 
 
+@operation(summary="Regenerate the flow's newest generation as a new image", response=GenerationOut)
 async def regenerate(request: Request) -> Response:
     """A new image for the flow's newest generation, as /generations/:id/regenerate does."""
     services = services_of(request)
@@ -139,11 +145,11 @@ async def regenerate(request: Request) -> Response:
 
 
 routes = [
-    resource("/api/v1/flows", post=create, get=list_),
-    resource("/api/v1/flows/{id}", get=get, delete=delete),
-    resource("/api/v1/flows/{id}/generations", get=generations),
-    resource("/api/v1/flows/{id}/images", get=images),
-    resource("/api/v1/flows/{id}/aliases", put=put_aliases),
-    resource("/api/v1/flows/{id}/aliases/{alias}", delete=delete_alias),
-    resource("/api/v1/flows/{id}/regenerate", post=regenerate),
+    Resource("/api/v1/flows", post=create, get=list_),
+    Resource("/api/v1/flows/{id}", get=get, delete=delete),
+    Resource("/api/v1/flows/{id}/generations", get=generations),
+    Resource("/api/v1/flows/{id}/images", get=images),
+    Resource("/api/v1/flows/{id}/aliases", put=put_aliases),
+    Resource("/api/v1/flows/{id}/aliases/{alias}", delete=delete_alias),
+    Resource("/api/v1/flows/{id}/regenerate", post=regenerate),
 ]

@@ -6,44 +6,41 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from cache.budget import BudgetState
-from cache.errors import ApiError, Conflict, ValidationError
+from cache.errors import ApiError, Conflict
 from origin.auth import project_of, services_of, spend_generation_budget
-from origin.envelope import (
-    is_uuid,
-    meta_field,
-    ok,
-    optional_bool,
-    page,
-    pagination,
-    query_bool,
-    read_json,
-    resource,
-)
+from origin.envelope import Resource, ok, operation, page
 from origin.flows import ensure_flow
-from origin.generation_input import (
-    check_flow_id,
-    check_prompt,
-    check_ratio,
-    check_references,
-    parse_generation,
-)
 from origin.generation_view import generation_json
 from origin.generations import add_generation, find_generation, list_generations
 from origin.images import ProjectCtx, forget_everywhere, soft_delete_image
 from origin.models import Image, utcnow
 from origin.production import run_generation
 from origin.references import resolve_references
+from origin.schemas.requests import (
+    GenerationBody,
+    GenerationQuery,
+    GenerationUpdate,
+    RetryBody,
+    given,
+)
+from origin.schemas.responses import Deleted, GenerationOut
+from origin.schemas.validation import read_body, read_query
 from origin.services import GenerationTicket, Services
 
-STATUSES = ("pending", "processing", "success", "failed")
 MAX_RETRIES = 3
 
 
+@operation(
+    summary="Create a generation (Prefer: respond-async answers 202 at once)",
+    body=GenerationBody,
+    response=GenerationOut,
+    status=201,
+    also=(202,),
+)
 async def create(request: Request) -> Response:
     services = services_of(request)
     project = await project_of(request)
-    body = await read_json(request, services.settings.max_body_bytes)
-    data = parse_generation(body, services.settings.max_meta_bytes)
+    data = (await read_body(request, GenerationBody)).input()
     async with services.sessions() as session:
         # One transaction: a bad reference (400), a full queue (503) or a spent budget (429)
         # leaves no row behind.
@@ -107,27 +104,21 @@ async def _run_quietly(
         pass  # recorded on the row as `failed`
 
 
+@operation(summary="List generations", query=GenerationQuery, response=GenerationOut, paged=True)
 async def list_(request: Request) -> Response:
     services = services_of(request)
     project = await project_of(request)
-    limit, offset = pagination(request)
-    status = request.query_params.get("status")
-    if status is not None and status not in STATUSES:
-        raise ValidationError(f"status must be one of {', '.join(STATUSES)}.", field="status")
-    flow_id = request.query_params.get("flowId")
-    if flow_id is not None:
-        if not is_uuid(flow_id):
-            raise ValidationError("flowId must be a UUID.", field="flowId")
-        flow_id = flow_id.lower()
+    query = read_query(request, GenerationQuery)
+    limit, offset = query.window()
     async with services.sessions() as session:
         rows, total = await list_generations(
             session,
             project.project_id,
             limit,
             offset,
-            status=status,
-            flow_id=flow_id,
-            include_deleted=query_bool(request, "includeDeleted"),
+            status=query.status,
+            flow_id=query.flow_id,
+            include_deleted=query.include_deleted,
         )
         items = [
             await generation_json(session, g, project, services.settings.public_url) for g in rows
@@ -135,6 +126,7 @@ async def list_(request: Request) -> Response:
     return page(items, total, limit, offset)
 
 
+@operation(summary="Get a generation", response=GenerationOut)
 async def get(request: Request) -> Response:
     services = services_of(request)
     project = await project_of(request)
@@ -143,10 +135,16 @@ async def get(request: Request) -> Response:
         return ok(await generation_json(session, generation, project, services.settings.public_url))
 
 
+@operation(
+    summary="Retry a failed generation, changing what the body names",
+    body=RetryBody,
+    body_required=False,
+    response=GenerationOut,
+)
 async def retry(request: Request) -> Response:
     services = services_of(request)
     project = await project_of(request)
-    body = await read_json(request, services.settings.max_body_bytes, required=False)
+    body = await read_body(request, RetryBody, required=False)
     async with services.sessions() as session:
         generation = await find_generation(session, project.project_id, request.path_params["id"])
         if generation.status != "failed":
@@ -156,14 +154,14 @@ async def retry(request: Request) -> Response:
                 f"This generation has been retried {MAX_RETRIES} times already.",
                 code="RETRY_LIMIT_EXCEEDED",
             )
-        if "prompt" in body:
-            generation.original_prompt = generation.prompt = check_prompt(body["prompt"])
-        if "aspectRatio" in body:
-            generation.aspect_ratio = check_ratio(body["aspectRatio"])
-        if "autoEnhance" in body:
-            generation.auto_enhance = optional_bool(body, "autoEnhance", generation.auto_enhance)
-        if "referenceImages" in body:
-            refs = check_references(body["referenceImages"])
+        if body.prompt is not None:
+            generation.original_prompt = generation.prompt = body.prompt
+        if given(body, "aspect_ratio"):
+            generation.aspect_ratio = body.aspect_ratio or "1:1"
+        if body.auto_enhance is not None:
+            generation.auto_enhance = body.auto_enhance
+        if given(body, "reference_images"):
+            refs = list(body.reference_images or [])
             generation.reference_inputs = refs
             generation.referenced_images = await resolve_references(
                 session, project.project_id, refs, generation.original_prompt, generation.flow_id
@@ -180,6 +178,7 @@ async def retry(request: Request) -> Response:
     return await _run_and_answer(services, project, generation.id, ticket, budget, 200)
 
 
+@operation(summary="Regenerate as a new image (its aliases move to it)", response=GenerationOut)
 async def regenerate(request: Request) -> Response:
     services = services_of(request)
     project = await project_of(request)
@@ -199,25 +198,25 @@ async def regenerate_generation(
     )
 
 
+@operation(summary="Edit meta and flowId", body=GenerationUpdate, response=GenerationOut)
 async def update(request: Request) -> Response:
     services = services_of(request)
     project = await project_of(request)
-    body = await read_json(request, services.settings.max_body_bytes)
-    meta = meta_field(body, services.settings.max_meta_bytes)
-    flow_given, flow_id = check_flow_id(body)
+    body = await read_body(request, GenerationUpdate)
     async with services.sessions() as session:
         generation = await find_generation(session, project.project_id, request.path_params["id"])
-        if meta is not None:
-            generation.meta = meta
-        if flow_given:
-            if flow_id is not None:
-                await ensure_flow(session, project.project_id, flow_id)
-            generation.flow_id = flow_id
+        if body.meta is not None:
+            generation.meta = body.meta
+        if given(body, "flow_id"):
+            if body.flow_id is not None:
+                await ensure_flow(session, project.project_id, body.flow_id)
+            generation.flow_id = body.flow_id
         generation.updated_at = utcnow()
         await session.commit()
         return ok(await generation_json(session, generation, project, services.settings.public_url))
 
 
+@operation(summary="Soft-delete a generation (and its image)", response=Deleted)
 async def delete(request: Request) -> Response:
     services = services_of(request)
     project = await project_of(request)
@@ -232,12 +231,12 @@ async def delete(request: Request) -> Response:
         await session.commit()
     if event is not None:
         await forget_everywhere(services, project, event)
-    return ok({"id": generation.id})
+    return ok(Deleted(id=generation.id))
 
 
 routes = [
-    resource("/api/v1/generations", post=create, get=list_),
-    resource("/api/v1/generations/{id}", get=get, put=update, delete=delete),
-    resource("/api/v1/generations/{id}/retry", post=retry),
-    resource("/api/v1/generations/{id}/regenerate", post=regenerate),
+    Resource("/api/v1/generations", post=create, get=list_),
+    Resource("/api/v1/generations/{id}", get=get, put=update, delete=delete),
+    Resource("/api/v1/generations/{id}/retry", post=retry),
+    Resource("/api/v1/generations/{id}/regenerate", post=regenerate),
 ]

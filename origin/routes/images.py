@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections import Counter
+
 from starlette.datastructures import UploadFile
 from starlette.requests import Request
 from starlette.responses import Response
@@ -13,26 +15,13 @@ from cache.errors import (
     ValidationError,
 )
 from origin.aliases import (
-    ALIAS_PATTERN,
-    TECHNICAL,
     assign_project_alias,
-    check_alias,
     find_image,
     resolve_alias,
     set_flow_alias,
 )
 from origin.auth import project_of, services_of
-from origin.envelope import (
-    is_uuid,
-    meta_field,
-    ok,
-    page,
-    pagination,
-    parse_json,
-    query_bool,
-    read_json,
-    resource,
-)
+from origin.envelope import Resource, ok, operation, page
 from origin.flows import ensure_flow
 from origin.images import (
     aliases_moved,
@@ -46,19 +35,24 @@ from origin.images import (
 )
 from origin.imaging import inspect_image_async
 from origin.models import new_id, utcnow
+from origin.schemas.fields import TECHNICAL_ALIASES, AliasName
+from origin.schemas.requests import (
+    FlowScoped,
+    ImageAlias,
+    ImageQuery,
+    ImageUpdate,
+    UploadForm,
+    given,
+)
+from origin.schemas.responses import Deleted, ImageOut, ResolvedAlias
+from origin.schemas.validation import RequestModel, read_body, read_query, validate
 
-SOURCES = ("generated", "uploaded")
+
+class AliasPath(RequestModel):
+    alias: AliasName
 
 
-def _query_flow_id(request: Request) -> str | None:
-    flow_id = request.query_params.get("flowId")
-    if flow_id is None:
-        return None
-    if not is_uuid(flow_id):
-        raise ValidationError("flowId must be a UUID.", field="flowId")
-    return flow_id.lower()
-
-
+@operation(summary="Upload an image", form=UploadForm, response=ImageOut, status=201)
 async def upload(request: Request) -> Response:
     services = services_of(request)
     project = await project_of(request)
@@ -85,29 +79,19 @@ async def upload(request: Request) -> Response:
         data = await file.read(settings.max_upload_bytes + 1)
         if len(data) > settings.max_upload_bytes:
             raise PayloadTooLarge(f"The image is larger than {settings.max_upload_bytes} bytes.")
-        fields = {k: v for k, v in form.items() if isinstance(v, str)}
+        fields = {k: v for k, v in form.multi_items() if isinstance(v, str)}
+        for name, count in Counter(k for k, _ in form.multi_items()).items():
+            if count > 1:
+                raise ValidationError(f"{name} is given more than once.", field=name)
     finally:
         await form.close()
-    alias = fields.get("alias") or None
-    flow_alias = fields.get("flowAlias") or None
-    if alias is not None:
-        check_alias(alias)
-    if flow_alias is not None:
-        check_alias(flow_alias, "flowAlias")
-    meta = {}
-    if fields.get("meta"):
-        value = parse_json(fields["meta"], "meta")
-        meta = meta_field({"meta": value}, settings.max_meta_bytes) or {}
-    if "flowId" not in fields:
+    form_fields = validate(UploadForm, fields, {"max_meta_bytes": settings.max_meta_bytes})
+    alias, flow_alias, meta = form_fields.alias, form_fields.flow_alias, form_fields.meta or {}
+    flow_id: str | None
+    if not given(form_fields, "flow_id"):
         flow_id, materialise = new_id(), False
-    elif fields["flowId"] in ("", "null"):
-        if flow_alias is not None:  # as POST /generations: no flow to hold the alias
-            raise ValidationError("flowAlias needs a flow; flowId is null.", field="flowAlias")
-        flow_id, materialise = None, False
-    elif is_uuid(fields["flowId"]):
-        flow_id, materialise = fields["flowId"].lower(), True
-    else:
-        raise ValidationError("flowId must be a UUID or null.", field="flowId")
+    else:  # "" or "null": no flow
+        flow_id, materialise = form_fields.flow_id, form_fields.flow_id is not None
     facts = await inspect_image_async(data, settings.max_upload_bytes, settings.max_image_pixels)
     async with services.sessions() as session:
         flow = None
@@ -126,93 +110,75 @@ async def upload(request: Request) -> Response:
         return ok(image_json(image, project, settings.public_url), 201)
 
 
+@operation(summary="List images", query=ImageQuery, response=ImageOut, paged=True)
 async def list_(request: Request) -> Response:
     services = services_of(request)
     project = await project_of(request)
-    limit, offset = pagination(request)
-    source = request.query_params.get("source")
-    if source is not None and source not in SOURCES:
-        raise ValidationError("source must be generated or uploaded.", field="source")
-    flow_id = _query_flow_id(request)
+    query = read_query(request, ImageQuery)
+    limit, offset = query.window()
     async with services.sessions() as session:
         rows, total = await list_images(
             session,
             project.project_id,
             limit,
             offset,
-            include_deleted=query_bool(request, "includeDeleted"),
-            source=source,
-            flow_id=flow_id,
-            alias=request.query_params.get("alias"),
+            include_deleted=query.include_deleted,
+            source=query.source,
+            flow_id=query.flow_id,
+            alias=query.alias,
         )
         items = [image_json(i, project, services.settings.public_url) for i in rows]
     return page(items, total, limit, offset)
 
 
+@operation(summary="Get an image by id or alias", query=FlowScoped, response=ImageOut)
 async def get(request: Request) -> Response:
     services = services_of(request)
     project = await project_of(request)
-    flow_id = _query_flow_id(request)
+    flow_id = read_query(request, FlowScoped).flow_id
     async with services.sessions() as session:
         image = await find_image(session, project.project_id, request.path_params["id"], flow_id)
         return ok(image_json(image, project, services.settings.public_url))
 
 
+@operation(summary="Resolve an alias", query=FlowScoped, response=ResolvedAlias)
 async def resolve(request: Request) -> Response:
     services = services_of(request)
     project = await project_of(request)
-    alias = request.path_params["alias"]
-    flow_id = _query_flow_id(request)
-    if not ALIAS_PATTERN.fullmatch(alias):
-        raise ValidationError("alias must match @[A-Za-z0-9_-]{1,49}.", field="alias")
-    if alias in TECHNICAL and flow_id is None:
+    flow_id = read_query(request, FlowScoped).flow_id
+    alias = validate(AliasPath, request.path_params).alias
+    if alias in TECHNICAL_ALIASES and flow_id is None:
         raise ValidationError(f"{alias} needs a flowId to resolve.", field="flowId")
     async with services.sessions() as session:
         resolved = await resolve_alias(session, project.project_id, alias, flow_id)
         if resolved is None:
             raise AliasNotFound(f"No image holds the alias {alias}.")
         return ok(
-            {
-                "alias": alias,
-                "imageId": resolved.image.id,
-                "scope": resolved.scope,
-                "flowId": resolved.flow_id,
-                "image": image_json(resolved.image, project, services.settings.public_url),
-            }
+            ResolvedAlias(
+                alias=alias,
+                image_id=resolved.image.id,
+                scope=resolved.scope,
+                flow_id=resolved.flow_id,
+                image=image_json(resolved.image, project, services.settings.public_url),
+            )
         )
 
 
+@operation(summary="Update alias, focal point, meta", body=ImageUpdate, response=ImageOut)
 async def update(request: Request) -> Response:
     services = services_of(request)
     project = await project_of(request)
-    body = await read_json(request, services.settings.max_body_bytes)
-    meta = meta_field(body, services.settings.max_meta_bytes)
-    focal = body.get("focalPoint", ...)
-    if focal is not ... and focal is not None:
-        if (
-            not isinstance(focal, dict)
-            or not {"x", "y"} <= set(focal)
-            or not all(
-                isinstance(focal[c], int | float)
-                and not isinstance(focal[c], bool)
-                and 0 <= focal[c] <= 1
-                for c in ("x", "y")
-            )
-        ):
-            raise ValidationError(
-                "focalPoint must be {x, y} with numbers in [0, 1].", field="focalPoint"
-            )
-    alias = body.get("alias", ...)
-    if alias is not ... and alias is not None:
-        check_alias(alias)
+    body = await read_body(request, ImageUpdate)
+    meta = body.meta
     async with services.sessions() as session:
         image = await find_image(session, project.project_id, request.path_params["id"])
         renamed: tuple[str, ...] = ()
-        if alias is not ...:
-            renamed = await assign_project_alias(session, image, alias)
+        if given(body, "alias"):
+            renamed = await assign_project_alias(session, image, body.alias)
         moved = None
-        if focal is not ...:
-            point = None if focal is None else {"x": float(focal["x"]), "y": float(focal["y"])}
+        if given(body, "focal_point"):
+            focal = body.focal_point
+            point = None if focal is None else {"x": focal.x, "y": focal.y}
             if point != image.focal_point:
                 image.focal_point = point
                 moved = await record_changed(session, image)  # its crops change
@@ -227,15 +193,11 @@ async def update(request: Request) -> Response:
         return ok(image_json(image, project, services.settings.public_url))
 
 
+@operation(summary="Set the project alias (null removes it)", body=ImageAlias, response=ImageOut)
 async def put_alias(request: Request) -> Response:
     services = services_of(request)
     project = await project_of(request)
-    body = await read_json(request, services.settings.max_body_bytes)
-    if "alias" not in body:
-        raise ValidationError("alias is required (a string or null).", field="alias")
-    alias = body["alias"]
-    if alias is not None:
-        check_alias(alias)
+    alias = (await read_body(request, ImageAlias)).alias
     async with services.sessions() as session:
         image = await find_image(session, project.project_id, request.path_params["id"])
         renamed = await assign_project_alias(session, image, alias)
@@ -245,6 +207,7 @@ async def put_alias(request: Request) -> Response:
         return ok(image_json(image, project, services.settings.public_url))
 
 
+@operation(summary="Soft-delete an image", response=Deleted)
 async def delete(request: Request) -> Response:
     services = services_of(request)
     project = await project_of(request)
@@ -253,13 +216,13 @@ async def delete(request: Request) -> Response:
         event = await soft_delete_image(session, image)
         await session.commit()
     await forget_everywhere(services, project, event)
-    return ok({"id": image.id})
+    return ok(Deleted(id=image.id))
 
 
 routes = [
-    resource("/api/v1/images/upload", post=upload),
-    resource("/api/v1/images", get=list_),
-    resource("/api/v1/images/resolve/{alias}", get=resolve),
-    resource("/api/v1/images/{id}", get=get, put=update, delete=delete),
-    resource("/api/v1/images/{id}/alias", put=put_alias),
+    Resource("/api/v1/images/upload", post=upload),
+    Resource("/api/v1/images", get=list_),
+    Resource("/api/v1/images/resolve/{alias}", get=resolve),
+    Resource("/api/v1/images/{id}", get=get, put=update, delete=delete),
+    Resource("/api/v1/images/{id}/alias", put=put_alias),
 ]

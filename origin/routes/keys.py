@@ -4,47 +4,69 @@ from __future__ import annotations
 
 import hmac
 import ipaddress
-from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import Response
 
 from cache.client_ip import TrustedProxies
-from cache.errors import Forbidden, KeyNotFound, ValidationError
+from cache.errors import Forbidden, KeyNotFound
 from cache.invalidation import Invalidation
 from cache.settings import Settings
 from origin.auth import master_of, services_of
-from origin.envelope import iso, ok, optional_int, optional_str, path_uuid, read_json, resource
-from origin.keys import CreatedKey, any_key_exists, check_slug, create_key, list_keys
+from origin.envelope import Resource, iso, ok, operation, path_uuid
+from origin.keys import (
+    CreatedKey,
+    any_key_exists,
+    create_key,
+    list_keys,
+    lock_keys,
+)
 from origin.models import ApiKey, utcnow
+from origin.schemas import responses
+from origin.schemas.requests import BootstrapBody, KeyBody
+from origin.schemas.responses import Deleted, KeyOut
+from origin.schemas.validation import read_body
 
 
-def created_json(created: CreatedKey) -> dict[str, Any]:
+def created_json(created: CreatedKey) -> responses.CreatedKey:
     row = created.row
-    return {
-        "id": row.id,
-        "key": created.secret,
-        "type": row.type,
-        "organizationSlug": created.organization_slug,
-        "projectSlug": created.project_slug,
-        "name": row.name,
-        "expiresAt": iso(row.expires_at),
-        "createdAt": iso(row.created_at),
-    }
+    return responses.CreatedKey(
+        id=row.id,
+        key=created.secret,
+        type=row.type,
+        organization_slug=created.organization_slug,
+        project_slug=created.project_slug,
+        name=row.name,
+        expires_at=iso(row.expires_at),
+        created_at=iso(row.created_at),
+    )
 
 
+@operation(
+    summary="Create the first master key: only while no key exists, from loopback or with the "
+    "X-Bootstrap-Token printed at start",
+    body=BootstrapBody,
+    body_required=False,
+    response=responses.CreatedKey,
+    status=201,
+    auth="none",
+)
 async def bootstrap(request: Request) -> Response:
     """The first master key, while no key exists, for this machine or the start-up token."""
     services = services_of(request)
-    body = await read_json(request, services.settings.max_body_bytes, required=False)
-    name = optional_str(body, "name", 200) or "initial master key"
+    body = await read_body(request, BootstrapBody, required=False)
+    name = body.name or "initial master key"
+    closed = Forbidden(
+        "A key already exists; bootstrap is closed. "
+        "Create a master key with `banatie keys create --master`."
+    )
     async with services.sessions() as session:
-        if await any_key_exists(session):
-            raise Forbidden(
-                "A key already exists; bootstrap is closed. "
-                "Create a master key with `banatie keys create --master`."
-            )
+        if await any_key_exists(session):  # the usual answer, given without a lock
+            raise closed
         _check_bootstrap_caller(request, services.settings)
+        await lock_keys(session)
+        if await any_key_exists(session):  # another request minted it meanwhile
+            raise closed
         created = await create_key(session, "master", name=name)
         await session.commit()
     return ok(created_json(created), 201)
@@ -89,48 +111,49 @@ def _is_loopback(address: str | None) -> bool:
     return ip.is_loopback
 
 
+@operation(
+    summary="Create a key", body=KeyBody, response=responses.CreatedKey, status=201, auth="master"
+)
 async def create(request: Request) -> Response:
     services = services_of(request)
     await master_of(request)
-    body = await read_json(request, services.settings.max_body_bytes)
-    key_type = body.get("type", "project")
-    if key_type not in ("project", "master"):
-        raise ValidationError("type must be project or master.", field="type")
-    org = body.get("organizationSlug")
-    project = body.get("projectSlug")
-    if key_type == "project" or org is not None:
-        org = check_slug(org, "organizationSlug")
-    if key_type == "project":
-        project = check_slug(project, "projectSlug")
-    name = optional_str(body, "name", 200)
-    days = optional_int(body, "expiresInDays", None, 1, 3650)
+    body = await read_body(request, KeyBody)
     async with services.sessions() as session:
-        created = await create_key(session, key_type, org, project, name, days)
+        created = await create_key(
+            session,
+            body.type,
+            body.organization_slug,
+            body.project_slug,
+            body.name,
+            body.expires_in_days,
+        )
         await session.commit()
     return ok(created_json(created), 201)
 
 
+@operation(summary="List keys", response=list[KeyOut], auth="master")
 async def list_(request: Request) -> Response:
     services = services_of(request)
     await master_of(request)
     async with services.sessions() as session:
         rows = await list_keys(session)
         items = [
-            {
-                "id": key.id,
-                "type": key.type,
-                "organizationSlug": org,
-                "projectSlug": project,
-                "name": key.name,
-                "expiresAt": iso(key.expires_at),
-                "revokedAt": iso(key.revoked_at),
-                "createdAt": iso(key.created_at),
-            }
+            KeyOut(
+                id=key.id,
+                type=key.type,
+                organization_slug=org,
+                project_slug=project,
+                name=key.name,
+                expires_at=iso(key.expires_at),
+                revoked_at=iso(key.revoked_at),
+                created_at=iso(key.created_at),
+            )
             for key, org, project in rows
         ]
     return ok(items)
 
 
+@operation(summary="Revoke a key", response=Deleted, auth="master")
 async def revoke(request: Request) -> Response:
     services = services_of(request)
     await master_of(request)
@@ -145,11 +168,11 @@ async def revoke(request: Request) -> Response:
         await session.commit()
     # Every edge forgets the key now, not when its key cache expires.
     await services.bus.publish(Invalidation("", key_hash=key_hash))
-    return ok({"id": key_id})
+    return ok(Deleted(id=key_id))
 
 
 routes = [
-    resource("/api/bootstrap/initial-key", post=bootstrap),
-    resource("/api/admin/keys", post=create, get=list_),
-    resource("/api/admin/keys/{id}", delete=revoke),
+    Resource("/api/bootstrap/initial-key", post=bootstrap),
+    Resource("/api/admin/keys", post=create, get=list_),
+    Resource("/api/admin/keys/{id}", delete=revoke),
 ]

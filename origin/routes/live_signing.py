@@ -7,12 +7,14 @@ import logging
 from starlette.requests import Request
 from starlette.responses import Response
 
-from cache.errors import ValidationError
 from cache.invalidation import Invalidation
 from origin import signing
 from origin.auth import project_of, services_of
-from origin.envelope import ok, read_json, resource
+from origin.envelope import Resource, ok, operation
 from origin.projects import live_project
+from origin.schemas.requests import SignBody, SigningBody
+from origin.schemas.responses import RotatedSecret, SignedUrl, SigningState
+from origin.schemas.validation import read_body
 from origin.services import Services
 
 log = logging.getLogger("banatie.origin")
@@ -26,18 +28,20 @@ async def _tell_edges(services: Services, project_id: str) -> None:
         log.warning("invalidation bus unavailable; edges see signing changes within the key TTL")
 
 
+@operation(summary="Sign a live CDN URL", body=SignBody, response=SignedUrl)
 async def sign(request: Request) -> Response:
     services = services_of(request)
     ctx = await project_of(request)
-    body = await read_json(request, services.settings.max_body_bytes)
+    body = await read_body(request, SignBody)
     url = signing.live_url_from_body(body, ctx.organization_slug, ctx.project_slug)
-    expires_in = signing.expires_in(body)
     async with services.sessions() as session:
         project = await live_project(session, ctx.project_id)
-        path, expires_at = signing.sign_live_url(project, url, expires_in)
-    return ok({"url": services.settings.public_url + path, "path": path, "expiresAt": expires_at})
+        path, expires_at = signing.sign_live_url(project, url, body.expires_in_seconds)
+    public = services.settings.public_url + path
+    return ok(SignedUrl(url=public, path=path, expires_at=expires_at))
 
 
+@operation(summary="Signed-URL settings (no secrets)", response=SigningState)
 async def get_state(request: Request) -> Response:
     services = services_of(request)
     ctx = await project_of(request)
@@ -45,13 +49,11 @@ async def get_state(request: Request) -> Response:
         return ok(signing.state_json(await live_project(session, ctx.project_id)))
 
 
+@operation(summary="Require signed live URLs", body=SigningBody, response=SigningState)
 async def put_state(request: Request) -> Response:
     services = services_of(request)
     ctx = await project_of(request)
-    body = await read_json(request, services.settings.max_body_bytes)
-    required = body.get("requireSignedUrls")
-    if not isinstance(required, bool):
-        raise ValidationError("requireSignedUrls must be true or false.", field="requireSignedUrls")
+    required = (await read_body(request, SigningBody)).require_signed_urls
     async with services.sessions() as session:
         project = await live_project(session, ctx.project_id)
         signing.set_required(project, required)
@@ -61,6 +63,10 @@ async def put_state(request: Request) -> Response:
     return ok(state)
 
 
+@operation(
+    summary="New signing secret (shown once); the current one stays valid as the previous",
+    response=RotatedSecret,
+)
 async def rotate(request: Request) -> Response:
     services = services_of(request)
     ctx = await project_of(request)
@@ -70,11 +76,15 @@ async def rotate(request: Request) -> Response:
         await session.commit()
         state = signing.state_json(project)
     await _tell_edges(services, ctx.project_id)
-    return ok({"secret": secret, **state})
+    return ok(
+        RotatedSecret(
+            secret=secret, require_signed_urls=state.require_signed_urls, secrets=state.secrets
+        )
+    )
 
 
 routes = [
-    resource("/api/v1/live/sign", post=sign),
-    resource("/api/v1/live/signing", get=get_state, put=put_state),
-    resource("/api/v1/live/signing/rotate", post=rotate),
+    Resource("/api/v1/live/sign", post=sign),
+    Resource("/api/v1/live/signing", get=get_state, put=put_state),
+    Resource("/api/v1/live/signing/rotate", post=rotate),
 ]

@@ -1,27 +1,27 @@
-"""Process layouts: one process (edge in front of the origin), or each on its own."""
+"""Process layouts: one process (edge in front of the origin), or each on its own; what
+`banatie serve`, `banatie origin` and `banatie edge` serve."""
 
 from __future__ import annotations
 
 import logging
-import sys
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from banatie.bootstrap import announce_bootstrap, bootstrap_default_project
 from cache.index import open_index
-from cache.invalidation import InvalidationBus, LocalBus
+from cache.invalidation import open_bus
 from cache.logs import configure_logging
 from cache.metrics import MetricsEndpoint
 from cache.objects import open_store
 from cache.settings import Settings
 from edge.app import create_edge
 from edge.disk_cache import open_disk_cache
+from edge.origin_client import HttpOrigin
 from origin.app import create_origin
 from origin.edge_api import InProcessOrigin
-from origin.keys import any_key_exists, create_key
-from origin.projects import any_project_exists
-from origin.services import Services, open_services
+from origin.services import open_services
 from origin.upkeep import start_chores
 
 if TYPE_CHECKING:
@@ -75,22 +75,18 @@ class Lazy:
         return getattr(self._app, "fast_hit", None)
 
 
-async def _start_bus(bus: InvalidationBus) -> None:
-    await bus.start()
-
-
 async def build_one_process(settings: Settings) -> Built:
     """Edge in front, origin mounted behind it, the miss call made in-process."""
     services = await open_services(settings)
     if settings.storage_backend == "local":
         await services.store.check()
-    await _bootstrap_default_project(services)
-    await _announce_bootstrap(services)
+    await bootstrap_default_project(services)
+    await announce_bootstrap(services)
     start_chores(services)
     origin = create_origin(settings, services)
-    # On a local object store the disk tier would keep a second copy on the same disk, for
-    # little gain (docs/benchmarks.md, long tail); DISK_CACHE_BYTES turns it on anyway.
-    disk = open_disk_cache(settings, default_on=settings.storage_backend == "s3")
+    # On a local object store too: a second copy of what was served, but read without a
+    # thread hop or an index lookup (2.7x the req/s on a long tail, docs/benchmarks.md).
+    disk = open_disk_cache(settings)
     edge = create_edge(
         settings,
         InProcessOrigin(services),
@@ -102,7 +98,7 @@ async def build_one_process(settings: Settings) -> Built:
         disk=disk,
     )
     await edge.start_disk()
-    await _start_bus(services.bus)
+    await services.bus.start()
     log.info(
         "banatie serving on %s (generator %s, storage %s, index %s)",
         settings.public_url,
@@ -121,7 +117,7 @@ async def build_one_process(settings: Settings) -> Built:
 
 async def build_origin(settings: Settings) -> Built:
     services = await open_services(settings)
-    await _announce_bootstrap(services)
+    await announce_bootstrap(services)
     start_chores(services)
     if not settings.service_token:
         log.warning("SERVICE_TOKEN is not set: edge processes cannot reach this origin")
@@ -131,23 +127,17 @@ async def build_origin(settings: Settings) -> Built:
 
 
 async def build_edge(settings: Settings) -> Built:
-    from edge.origin_client import HttpOrigin
-
     store = open_store(settings)
     index = open_index(settings)
-    bus: InvalidationBus = LocalBus()
-    if settings.redis_url:
-        from cache.invalidation import RedisBus
-
-        bus = RedisBus.from_url(settings.redis_url)
-    else:
+    bus = open_bus(settings.redis_url)
+    if not settings.redis_url:
         log.warning("REDIS_URL is not set: deletes made at the origin won't reach this edge")
     origin = HttpOrigin(settings)
     await origin.start()
-    disk = open_disk_cache(settings, default_on=True)
+    disk = open_disk_cache(settings)
     edge = create_edge(settings, origin, store, index, bus, None, disk=disk)
     await edge.start_disk()
-    await _start_bus(bus)
+    await bus.start()
 
     async def close() -> None:
         if disk is not None:
@@ -156,44 +146,6 @@ async def build_edge(settings: Settings) -> Built:
             await closer()
 
     return edge, close
-
-
-async def _bootstrap_default_project(services: Services) -> None:
-    """First start on an empty database: a default project and a key to try it with."""
-    if not services.settings.bootstrap_default_project:
-        return
-    async with services.sessions() as session:
-        if await any_project_exists(session):
-            return
-        created = await create_key(session, "project", "default", "default", "first key")
-        await session.commit()
-    url = services.settings.public_url
-    print(
-        "\n  banatie: created project default/default. Your project key (shown once):\n"
-        f"    {created.secret}\n"
-        "  Paste this into a browser for a live image:\n"
-        f"    {url}/cdn/default/default/live/demo?prompt=a%20lighthouse%20at%20dawn"
-        "&aspectRatio=16:9\n",
-        file=sys.stderr,
-        flush=True,
-    )
-
-
-async def _announce_bootstrap(services: Services) -> None:
-    """No key at all yet: say how to make the first master key (the route closes after)."""
-    async with services.sessions() as session:
-        if await any_key_exists(session):
-            return
-    url = services.settings.public_url
-    token = services.settings.bootstrap_token
-    header = f" -H 'X-Bootstrap-Token: {token}'" if token else ""
-    print(
-        "\n  banatie: no API key exists yet. Create the first master key (once) with\n"
-        f"    curl -X POST {url}/api/bootstrap/initial-key{header}\n"
-        "  or run `banatie keys create --master` on this machine.\n",
-        file=sys.stderr,
-        flush=True,
-    )
 
 
 def one_process_app() -> Lazy:

@@ -6,10 +6,10 @@ import argparse
 import asyncio
 import logging
 import os
-import secrets
 import signal
 import sys
 
+from cache.errors import ApiError
 from cache.logs import configure_logging
 from cache.settings import Settings, SettingsError
 
@@ -146,6 +146,14 @@ async def _sign_url(settings: Settings, args: argparse.Namespace) -> None:
     print((base or settings.public_url) + path)
 
 
+def _days(text: str) -> int:
+    """A key's lifetime on the command line: the bound POST /api/admin/keys applies."""
+    days = int(text) if text.strip().isdigit() else 0
+    if not 1 <= days <= 3650:
+        raise argparse.ArgumentTypeError(f"{text!r}: a whole number of days from 1 to 3650")
+    return days
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["bench"]:  # loadtests/ lives in a checkout, not in the installed package
@@ -175,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
     create.add_argument("--org", default="default")
     create.add_argument("--project", default="default")
     create.add_argument("--name")
-    create.add_argument("--expires-in-days", type=int)
+    create.add_argument("--expires-in-days", type=_days, help="1 to 3650 (default: never)")
     create.add_argument("--master", action="store_true", help="a master key instead")
     sign = sub.add_parser("sign-url", help="sign a live CDN URL with the project's secret")
     sign.add_argument("url", help="a live URL or path: /cdn/{org}/{project}/live/{scope}?prompt=")
@@ -198,30 +206,29 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(settings.log_level, settings.log_format)
     if args.command in ("serve", "origin", "edge"):
         target = {
-            "serve": "edge.server:one_process_app",
-            "origin": "edge.server:origin_app",
-            "edge": "edge.server:edge_app",
+            "serve": "banatie.layouts:one_process_app",
+            "origin": "banatie.layouts:origin_app",
+            "edge": "banatie.layouts:edge_app",
         }[args.command]
-        if args.command != "edge" and not settings.bootstrap_token:
-            # One token per start, shared through the environment with every worker process;
-            # the server prints it while no key exists (POST /api/bootstrap/initial-key).
-            os.environ["BOOTSTRAP_TOKEN"] = secrets.token_urlsafe(24)
-        _run(target, settings, args.workers)
-    elif args.command == "migrate":
-        asyncio.run(_migrate(settings))
-        print("database is up to date", file=sys.stderr)
-    elif args.command == "gc":
-        asyncio.run(_gc(settings, args))
-    elif args.command == "keys":
-        asyncio.run(_create_key(settings, args))
-    elif args.command == "sign-url":
-        from cache.errors import ApiError
+        if args.command != "edge":  # the processes that open POST /api/bootstrap/initial-key
+            from banatie.bootstrap import share_bootstrap_token
 
-        try:
+            share_bootstrap_token(settings)
+        _run(target, settings, args.workers)
+        return 0
+    try:
+        if args.command == "migrate":
+            asyncio.run(_migrate(settings))
+            print("database is up to date", file=sys.stderr)
+        elif args.command == "gc":
+            asyncio.run(_gc(settings, args))
+        elif args.command == "keys":
+            asyncio.run(_create_key(settings, args))
+        elif args.command == "sign-url":
             asyncio.run(_sign_url(settings, args))
-        except ApiError as exc:
-            print(f"banatie sign-url: {exc.message}", file=sys.stderr)
-            return 2
+    except ApiError as exc:  # a bad argument: said in one line, as argparse does
+        print(f"banatie {args.command}: {exc.message}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -19,11 +19,10 @@ from urllib.parse import unquote_to_bytes
 
 import xxhash
 
+from cache.contract import FITS, FORMATS
 from cache.errors import ValidationError
 
 VARIANT_PARAMS = ("w", "h", "fit", "format", "q", "dpr")
-FITS = ("cover", "contain", "fill", "inside")
-FORMATS = ("auto", "webp", "avif", "jpeg", "png")
 ORIGINAL = "orig"  # the source's own type; also what `auto` falls back to
 MAX_DPR = 3.0
 VERSION = "var1"

@@ -1,0 +1,7 @@
+"""`python -m banatie`: the `banatie` command."""
+
+import sys
+
+from banatie.cli import main
+
+sys.exit(main())
