@@ -19,6 +19,7 @@ import pytest
 from tests.running import Banatie
 from tests.servers import free_port
 from tests.test_multiprocess import project_key
+from tests.test_server_protocol import fast_answers
 from tests.waiting import wait_until
 
 LIVE = "/cdn/acme/web/live/site?prompt=" + quote("a heron in the reeds")
@@ -131,5 +132,29 @@ def test_the_soft_open_file_limit_is_raised_to_the_hard_one(tmp_path: Path) -> N
         limits = Path(f"/proc/{app.process.pid}/limits").read_text()
         [line] = [line for line in limits.splitlines() if line.startswith("Max open files")]
         assert line.split()[3:5] == [str(hard), str(hard)], line
+    finally:
+        app.stop()
+
+
+def test_an_idle_connection_after_a_fast_path_hit_is_closed(
+    tmp_path: Path, sockets: list[socket.socket]
+) -> None:
+    """The fast path arms no keep-alive timer per hit: the guard closes the idle connection."""
+    app = Banatie("serve", tmp_path, env={"HEADER_TIMEOUT_S": "1"}).start()
+    try:
+        project_key(app)
+        assert httpx.get(app.url + LIVE).headers["x-cache-status"] == "MISS"
+        before = fast_answers(app)
+        sock = connect(app)
+        sockets.append(sock)
+        sock.sendall(f"GET {LIVE} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        head = b""
+        while b"\r\n\r\n" not in head:
+            chunk = sock.recv(1 << 16)
+            assert chunk, head
+            head += chunk
+        assert head.startswith(b"HTTP/1.1 200") and b"x-cache-status: hit" in head.lower()
+        assert fast_answers(app) == before + 1
+        wait_until(lambda: is_closed(sock), "the idle connection closed", DEADLINE_S)
     finally:
         app.stop()
