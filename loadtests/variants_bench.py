@@ -254,7 +254,11 @@ def measure(processes: Processes, workdir: Path, duration_s: float, samples: int
     print(f"variants: source {len(source):,} bytes", file=sys.stderr)
     alone = in_process(source, samples)
     env = clean_env(
-        DATA_DIR=str(workdir / "variants-data"), GENERATOR="offline", LOG_LEVEL="warning"
+        DATA_DIR=str(workdir / "variants-data"),
+        GENERATOR="offline",
+        LOG_LEVEL="warning",
+        # Every cold sample is a new variant of the one source image: room for all of them.
+        MAX_VARIANTS_PER_IMAGE=str(max(100, 8 * samples + 50)),
     )
     key = run_banatie(["keys", "create", "--name", "bench"], env).strip().splitlines()[0]
     server, base = start_banatie(processes, "variants-serve", "serve", env)
