@@ -32,16 +32,10 @@ import redis
 from sqlalchemy.engine import make_url
 
 from cache.objects.s3 import S3Store
+from loadtests.processes import free_port
 from tests.waiting import wait_until
 
 START_TIMEOUT_S = 30.0
-
-
-def free_port() -> int:
-    """A loopback port nobody listens on right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _wait_for(ready: Callable[[], bool], what: str, log: Path | None = None) -> None:

@@ -14,6 +14,8 @@ from typing import Any, TypeVar
 
 import pytest
 
+from loadtests.processes import TimedOut, poll
+
 T = TypeVar("T")
 
 TIMEOUT_S = 30.0  # a bound for a broken test, not a measure: conditions come long before
@@ -27,16 +29,12 @@ def wait_until(
     poll_s: float = POLL_S,
     detail: Callable[[], str] = lambda: "",
 ) -> T:
-    """`condition()`'s first true value; fails with "timed out ... waiting for `what`" and
-    whatever `detail()` adds then (a log's tail, say)."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        held = condition()
-        if held:
-            return held
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout_s:g} s waiting for {what}{detail()}")
-        time.sleep(poll_s)
+    """`condition()`'s first true value (loadtests.processes.poll); fails with "timed out ...
+    waiting for `what`" and whatever `detail()` adds then (a log's tail, say)."""
+    try:
+        return poll(condition, what, timeout_s, poll_s)
+    except TimedOut as timed_out:
+        pytest.fail(f"{timed_out}{detail()}")
 
 
 async def until(
